@@ -1,0 +1,210 @@
+"""Test-time semantics and metrics of a cascade (DESIGN §1; the paper's Table 2, Figures 4–5).
+
+At test time an image stops at the first stage t with π_t(stop) ≥ τ_t. The prediction is the
+ensemble of the visited classifiers' softmaxes weighted by the stop probabilities they gave
+(or, with `ensemble=False`, the exiting classifier's softmax alone).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+
+from .flops import CascadeMACs
+from .objective import AllReduce, local_sum
+
+DEFAULT_SWEEP = tuple(round(t, 3) for t in torch.linspace(0.05, 0.95, 19).tolist())
+
+
+@dataclass
+class EvalConfig:
+    """Operating point and sweep of the test-time cascade."""
+
+    tau: float | list[float] = 0.5
+    """Stop threshold: one value, or one per stage except the last."""
+    ensemble: bool = True
+    sweep: list[float] = field(default_factory=lambda: list(DEFAULT_SWEEP))
+
+    def __post_init__(self):
+        for t in [*_as_list(self.tau), *self.sweep]:
+            _check_tau(t)
+
+
+def _as_list(tau) -> list[float]:
+    return list(tau) if isinstance(tau, (list, tuple)) else [tau]
+
+
+def _check_tau(t: float) -> None:
+    if not 0 < t < 1:
+        raise ValueError(f"tau must lie in (0, 1), got {t}")
+
+
+def thresholds(tau: float | Sequence[float] | torch.Tensor, num_stages: int, device=None) -> torch.Tensor:
+    """Per-stage thresholds (K,), the last one 1 (the last stage always stops)."""
+    taus = tau.tolist() if isinstance(tau, torch.Tensor) else _as_list(tau)
+    for t in taus:
+        _check_tau(t)
+    if len(taus) == 1:
+        taus = taus * (num_stages - 1)
+    if len(taus) != num_stages - 1:
+        raise ValueError(f"tau needs 1 or K-1 = {num_stages - 1} values, got {len(taus)}")
+    return torch.tensor([*taus, 1.0], device=device)
+
+
+def exit_stages(stop_probs: torch.Tensor, tau) -> torch.Tensor:
+    """Index of the first stage with π_t ≥ τ_t, shape (N,)."""
+    return first_stop(stop_probs, thresholds(tau, stop_probs.shape[1], stop_probs.device))
+
+
+def first_stop(stop_probs: torch.Tensor, taus: torch.Tensor) -> torch.Tensor:
+    """`exit_stages` with the (K,) thresholds already checked."""
+    hit = stop_probs >= taus
+    hit[:, -1] = True
+    return hit.int().argmax(dim=1)
+
+
+def cascade_probs(
+    log_probs: torch.Tensor, stop_probs: torch.Tensor, exits: torch.Tensor, ensemble: bool = True
+) -> torch.Tensor:
+    """Class probabilities of the cascade's prediction, (N, C)."""
+    probs = log_probs.exp()
+    if not ensemble:
+        return probs[torch.arange(len(exits)), exits]
+    stages = torch.arange(stop_probs.shape[1], device=stop_probs.device)
+    weights = stop_probs * (stages[None, :] <= exits[:, None])
+    return (weights[:, :, None] * probs).sum(1) / weights.sum(1, keepdim=True)
+
+
+def _hits(probs: torch.Tensor, targets: torch.Tensor, k: int) -> torch.Tensor:
+    """1 where the target is among the k most probable classes (last dim)."""
+    return (probs.topk(k, dim=-1).indices == targets.view(-1, *([1] * (probs.dim() - 1)))).any(-1)
+
+
+@dataclass
+class EvalReport:
+    """Metrics of one evaluation of the cascade (floats and lists: JSON- and MLflow-ready)."""
+
+    num_samples: int
+    tau: list[float]
+    accuracy: float
+    top5_accuracy: float | None
+    cost_pct: float
+    macs_per_image: float
+    exit_fractions: list[float]
+    static_accuracy: list[float]
+    static_cost_pct: list[float]
+    accuracy_matrix: list[list[float | None]]
+    """accuracy_matrix[i][j]: accuracy of classifier i on the images that exit at stage j."""
+    sweep: list[dict[str, float]]
+    """The (τ, cost %, accuracy) curve of this model over a τ grid."""
+
+    def metrics(self) -> dict[str, float]:
+        """Flat scalar metrics for trackers."""
+        out = {"accuracy": self.accuracy, "cost_pct": self.cost_pct, "macs_per_image": self.macs_per_image}
+        if self.top5_accuracy is not None:
+            out["top5_accuracy"] = self.top5_accuracy
+        for t, (f, a) in enumerate(zip(self.exit_fractions, self.static_accuracy)):
+            out[f"exit_frac_stage{t}"] = f
+            out[f"static_accuracy_stage{t}"] = a
+        return out
+
+
+class CascadeEvaluator:
+    """Accumulates sufficient statistics over batches; all-reducible, then `compute()`."""
+
+    def __init__(self, macs: CascadeMACs, config: EvalConfig | None = None):
+        self.config = config or EvalConfig()
+        self.macs = macs
+        k = len(macs.classifier)
+        self.taus = thresholds(self.config.tau, k)
+        self.sweep_taus = list(self.config.sweep)
+        self.sweep_thresholds = [thresholds(t, k) for t in self.sweep_taus]
+        self.cum_macs = macs.cumulative_macs()
+        self.num_classes = 0
+        self.sums = {
+            "n": torch.zeros((), dtype=torch.float64),
+            "correct": torch.zeros((), dtype=torch.float64),
+            "correct5": torch.zeros((), dtype=torch.float64),
+            "exits": torch.zeros(k, dtype=torch.float64),
+            "static_correct": torch.zeros(k, dtype=torch.float64),
+            "matrix_correct": torch.zeros(k, k, dtype=torch.float64),
+            "sweep_correct": torch.zeros(len(self.sweep_taus), dtype=torch.float64),
+            "sweep_macs": torch.zeros(len(self.sweep_taus), dtype=torch.float64),
+        }
+
+    @torch.no_grad()
+    def update(self, log_probs: torch.Tensor, stop_probs: torch.Tensor, targets: torch.Tensor) -> None:
+        log_probs, stop_probs, targets = (x.detach().float().cpu() for x in (log_probs, stop_probs, targets))
+        exits = first_stop(stop_probs, self.taus)
+        probs = cascade_probs(log_probs, stop_probs, exits, self.config.ensemble)
+        onehot = torch.nn.functional.one_hot(exits, stop_probs.shape[1]).double()
+        static_hits = _hits(log_probs, targets, 1).double()  # (N, K)
+        s = self.sums
+        self.num_classes = probs.shape[1]
+        s["n"] += len(targets)
+        s["correct"] += _hits(probs, targets, 1).sum()
+        if probs.shape[1] >= 5:
+            s["correct5"] += _hits(probs, targets, 5).sum()
+        s["exits"] += onehot.sum(0)
+        s["static_correct"] += static_hits.sum(0)
+        s["matrix_correct"] += static_hits.T @ onehot
+        for i, taus in enumerate(self.sweep_thresholds):
+            ex = first_stop(stop_probs, taus)
+            s["sweep_correct"][i] += _hits(cascade_probs(log_probs, stop_probs, ex, self.config.ensemble), targets, 1).sum()
+            s["sweep_macs"][i] += self.cum_macs[ex].sum()
+
+    def all_reduce(self, all_reduce: AllReduce = local_sum) -> None:
+        """Sum the statistics over workers (in place)."""
+        for key, value in self.sums.items():
+            self.sums[key] = all_reduce(value)
+
+    def compute(self) -> EvalReport:
+        s, ref = self.sums, self.macs.reference
+        n = float(s["n"])
+        if n == 0:
+            raise ValueError("no samples were evaluated")
+        exits = s["exits"]
+        macs = float((exits * self.cum_macs).sum()) / n
+        matrix = [
+            [float(s["matrix_correct"][i, j] / exits[j]) if exits[j] > 0 else None for j in range(len(exits))]
+            for i in range(len(exits))
+        ]
+        return EvalReport(
+            num_samples=int(n),
+            tau=self.taus[:-1].tolist(),
+            accuracy=float(s["correct"]) / n,
+            top5_accuracy=float(s["correct5"]) / n if self.num_classes >= 5 else None,
+            cost_pct=100 * macs / ref,
+            macs_per_image=macs,
+            exit_fractions=(exits / n).tolist(),
+            static_accuracy=(s["static_correct"] / n).tolist(),
+            static_cost_pct=[100 * m / ref for m in self.macs.classifier],
+            accuracy_matrix=matrix,
+            sweep=[
+                {"tau": t, "cost_pct": 100 * float(m) / n / ref, "accuracy": float(c) / n}
+                for t, c, m in zip(self.sweep_taus, s["sweep_correct"], s["sweep_macs"])
+            ],
+        )
+
+
+@torch.no_grad()
+def evaluate(
+    model: Callable,
+    loader,
+    macs: CascadeMACs,
+    config: EvalConfig | None = None,
+    all_reduce: AllReduce = local_sum,
+    device: torch.device | str = "cpu",
+) -> EvalReport:
+    """Run `model` (a Cascade or an engine wrapping one) over `loader` and report the metrics."""
+    was_training = model.training
+    model.eval()
+    evaluator = CascadeEvaluator(macs, config)
+    for images, targets in loader:
+        out = model(images.to(device, non_blocking=True))
+        evaluator.update(out.log_probs, out.stop_probs, targets)
+    model.train(was_training)
+    evaluator.all_reduce(all_reduce)
+    return evaluator.compute()

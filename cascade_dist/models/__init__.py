@@ -1,0 +1,15 @@
+"""Classifier registry, stopping policy and cascade."""
+
+from . import imagenet, preact_resnet, wide_resnet  # noqa: F401  (register the entry points)
+from .cascade import Cascade, CascadeOutput
+from .policy import StoppingPolicy
+from .registry import create_classifier, list_classifiers, register_classifier
+
+__all__ = [
+    "Cascade",
+    "CascadeOutput",
+    "StoppingPolicy",
+    "create_classifier",
+    "list_classifiers",
+    "register_classifier",
+]

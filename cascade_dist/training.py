@@ -1,0 +1,209 @@
+"""The training step and epoch loop of the cascade, shared by single-process and DeepSpeed runs.
+
+Schedule (DESIGN §1): `warmup_epochs` of cross-entropy on every classifier, then `joint_epochs`
+of the reward objective on classifiers and policies together ("Ours"), or on the policies alone
+with the classifiers frozen (`freeze_classifiers`, "Ours (S)").
+
+The loop drives an *engine* with DeepSpeed's surface — `engine(images)`, `engine.backward(loss)`,
+`engine.step()` — so a `deepspeed.DeepSpeedEngine` and the single-process `LocalEngine` run the
+same code.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Iterable, Literal
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .evaluate import EvalConfig, evaluate
+from .models import Cascade
+from .objective import AllReduce, ObjectiveConfig, cascade_loss, local_sum, warmup_loss
+
+Phase = Literal["warmup", "joint"]
+
+
+@dataclass
+class OptimConfig:
+    """SGD with separate parameter groups and schedules for classifiers and policies."""
+
+    warmup_epochs: int = 1
+    joint_epochs: int = 2
+    classifier_lr: float = 0.1
+    classifier_schedule: Literal["cosine", "constant"] = "cosine"
+    policy_lr: float = 0.1
+    policy_lr_decay: float = 0.9
+    policy_lr_decay_every: int = 4
+    """The paper's policy schedule: 0.1, multiplied by 0.9 every 4 joint epochs."""
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = True
+    freeze_classifiers: bool = False
+    """"Ours (S)": train only the policies on the warmed-up classifiers."""
+
+    def __post_init__(self):
+        if self.warmup_epochs < 0 or self.joint_epochs < 0:
+            raise ValueError("warmup_epochs and joint_epochs must be >= 0")
+        for name in ("classifier_lr", "policy_lr", "momentum", "weight_decay"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.policy_lr_decay_every < 1:
+            raise ValueError(f"policy_lr_decay_every must be >= 1, got {self.policy_lr_decay_every}")
+        if self.classifier_schedule not in ("cosine", "constant"):
+            raise ValueError(f"classifier_schedule must be 'cosine' or 'constant', got {self.classifier_schedule!r}")
+
+    @property
+    def epochs(self) -> int:
+        return self.warmup_epochs + self.joint_epochs
+
+    def phase(self, epoch: int) -> Phase:
+        return "warmup" if epoch < self.warmup_epochs else "joint"
+
+    def classifier_lr_factor(self, epoch: int) -> float:
+        if self.freeze_classifiers and self.phase(epoch) == "joint":
+            return 0.0
+        if self.classifier_schedule == "constant":
+            return 1.0
+        return 0.5 * (1 + math.cos(math.pi * epoch / max(self.epochs, 1)))
+
+    def policy_lr_factor(self, epoch: int) -> float:
+        if self.phase(epoch) == "warmup":
+            return 0.0
+        joint_epoch = epoch - self.warmup_epochs
+        return self.policy_lr_decay ** (joint_epoch // self.policy_lr_decay_every)
+
+
+def build_optimizer(
+    model: Cascade, cfg: OptimConfig
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """One SGD with param groups [classifiers, policies] and an epoch-wise LambdaLR per group."""
+    groups = [
+        {"params": list(model.classifier_parameters()), "lr": cfg.classifier_lr, "name": "classifiers"},
+        {"params": list(model.policy_parameters()), "lr": cfg.policy_lr, "name": "policies"},
+    ]
+    optimizer = torch.optim.SGD(
+        groups, lr=cfg.classifier_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+        nesterov=cfg.nesterov and cfg.momentum > 0,
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, [cfg.classifier_lr_factor, cfg.policy_lr_factor]
+    )
+    return optimizer, scheduler
+
+
+class LocalEngine(nn.Module):
+    """Single-process engine with the call/backward/step surface of a DeepSpeed engine."""
+
+    def __init__(self, module: Cascade, optimizer: torch.optim.Optimizer):
+        super().__init__()
+        self.module = module
+        self.optimizer = optimizer
+
+    def forward(self, images):
+        return self.module(images)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        loss.backward()
+
+    def step(self) -> None:
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+
+def unwrap(model: nn.Module) -> Cascade:
+    """The Cascade inside an engine (DeepSpeed and LocalEngine keep it as `.module`)."""
+    return getattr(model, "module", model)
+
+
+def training_step(
+    engine,
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    phase: Phase,
+    objective: ObjectiveConfig,
+    all_reduce: AllReduce = local_sum,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Forward every stage, score the batch for `phase`, backward and step; returns (loss, stats)."""
+    out = engine(images)
+    ce = warmup_loss(out.log_probs, targets)
+    if phase == "warmup":
+        loss, stats = ce, {}
+    else:
+        loss, stats = cascade_loss(
+            out.log_probs, out.stop_probs, targets, unwrap(engine).costs, objective.alpha,
+            objective.estimator, objective.baseline, generator, objective.topk, all_reduce,
+        )
+        if objective.ce_weight:
+            loss = loss + objective.ce_weight * ce
+    engine.backward(loss)
+    engine.step()
+    stats.update(loss=float(loss.detach()), ce=float(ce.detach()) / out.log_probs.shape[1])
+    return loss.detach(), stats
+
+
+def set_train_mode(engine, cfg: OptimConfig, epoch: int) -> None:
+    """Train mode, except frozen classifiers keep their BatchNorm statistics ("Ours (S)")."""
+    engine.train()
+    if cfg.freeze_classifiers and cfg.phase(epoch) == "joint":
+        unwrap(engine).classifiers.eval()
+
+
+def train_epoch(
+    engine,
+    loader: Iterable,
+    epoch: int,
+    optim: OptimConfig,
+    objective: ObjectiveConfig,
+    all_reduce: AllReduce = local_sum,
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+) -> dict[str, float]:
+    """One epoch of `training_step`s; returns the mean of each statistic and images/s."""
+    phase = optim.phase(epoch)
+    set_train_mode(engine, optim, epoch)
+    totals: dict[str, float] = {}
+    seen, steps, start = 0, 0, time.perf_counter()
+    bar = tqdm(loader, desc=f"epoch {epoch} ({phase})", disable=not progress, leave=False)
+    for images, targets in bar:
+        images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+        _, stats = training_step(engine, images, targets, phase, objective, all_reduce, generator)
+        for key, value in stats.items():
+            totals[key] = totals.get(key, 0.0) + value
+        seen, steps = seen + len(targets), steps + 1
+        bar.set_postfix(loss=f"{stats['loss']:.3f}", img_s=f"{seen / (time.perf_counter() - start):.0f}")
+    elapsed = time.perf_counter() - start
+    means = {key: value / max(steps, 1) for key, value in totals.items()}
+    means.update(images=seen, images_per_s=seen / elapsed if elapsed > 0 else 0.0, phase_joint=float(phase == "joint"))
+    return means
+
+
+def fit(
+    model: Cascade,
+    train_loader: Iterable,
+    optim: OptimConfig,
+    objective: ObjectiveConfig,
+    eval_loader: Iterable | None = None,
+    eval_config: EvalConfig | None = None,
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+) -> list[dict]:
+    """Single-process training without Ray: warm-up then joint epochs, evaluating after each."""
+    model.to(device)
+    optimizer, scheduler = build_optimizer(model, optim)
+    engine = LocalEngine(model, optimizer)
+    history = []
+    for epoch in range(optim.epochs):
+        record = {"epoch": epoch, "phase": optim.phase(epoch)}
+        record["train"] = train_epoch(engine, train_loader, epoch, optim, objective, generator=generator, device=device, progress=progress)
+        scheduler.step()
+        if eval_loader is not None:
+            record["eval"] = evaluate(model, eval_loader, model.macs, eval_config, device=device)
+        history.append(record)
+    return history

@@ -1,0 +1,1 @@
+"""WebDataset shard writers for the datasets of the paper (DESIGN §3)."""
