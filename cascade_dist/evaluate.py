@@ -22,7 +22,7 @@ DEFAULT_SWEEP = tuple(round(t, 3) for t in torch.linspace(0.05, 0.95, 19).tolist
 class EvalConfig:
     """Operating point and sweep of the test-time cascade."""
 
-    tau: float | list[float] = 0.5
+    tau: list[float] = field(default_factory=lambda: [0.5])
     """Stop threshold: one value, or one per stage except the last."""
     ensemble: bool = True
     sweep: list[float] = field(default_factory=lambda: list(DEFAULT_SWEEP))
@@ -99,6 +99,20 @@ class EvalReport:
     """accuracy_matrix[i][j]: accuracy of classifier i on the images that exit at stage j."""
     sweep: list[dict[str, float]]
     """The (τ, cost %, accuracy) curve of this model over a τ grid."""
+
+    def table(self, names: Sequence[str] | None = None) -> str:
+        """The summary table: each classifier alone, the cascade, and where images stop."""
+        names = list(names or [f"C{t + 1}" for t in range(len(self.static_accuracy))])
+        width = max(len(n) for n in [*names, "cascade (tau=0.50)"]) + 2
+        lines = [f"{'model':<{width}}{'accuracy %':>11}{'cost %':>9}{'exits %':>9}", "-" * (width + 29)]
+        for name, acc, cost, frac in zip(names, self.static_accuracy, self.static_cost_pct, self.exit_fractions):
+            lines.append(f"{name:<{width}}{100 * acc:>11.2f}{cost:>9.2f}{100 * frac:>9.1f}")
+        tau = "/".join(f"{t:.2f}" for t in self.tau)
+        lines.append(f"{'cascade (tau=' + tau + ')':<{width}}{100 * self.accuracy:>11.2f}{self.cost_pct:>9.2f}{'-':>9}")
+        lines.append(f"largest classifier alone: {100 * self.static_accuracy[-1]:.2f} % at 100 % cost; "
+                     f"cascade: {100 * self.accuracy:.2f} % at {self.cost_pct:.2f} % "
+                     f"({self.macs_per_image / 1e6:.2f} M MACs per image, {self.num_samples} images)")
+        return "\n".join(lines)
 
     def metrics(self) -> dict[str, float]:
         """Flat scalar metrics for trackers."""

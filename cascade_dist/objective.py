@@ -35,8 +35,10 @@ class ObjectiveConfig:
     """How the joint phase scores the cascade."""
 
     alpha: float = 1e-2
-    estimator: Estimator = "reinforce"
-    baseline: Baseline = "optimal"
+    estimator: str = "reinforce"
+    """One of ESTIMATORS: "reinforce" (the paper's) or "exact"."""
+    baseline: str = "optimal"
+    """One of BASELINES: "optimal", "mean" or "none"."""
     topk: int = 1
     ce_weight: float = 0.0
     """Weight of the cross-entropy term kept during the joint phase (0 = pure reward)."""

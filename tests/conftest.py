@@ -29,3 +29,44 @@ def cifar10_subset_tarball() -> Path:
     if not CIFAR10_SUBSET.is_file():
         pytest.fail(f"CIFAR-10 subset missing at {CIFAR10_SUBSET} (set CASCADE_SHARED_DIR)")
     return CIFAR10_SUBSET
+
+
+# Ray binds loopback only, DeepSpeed takes the CPU accelerator (inherited by Ray's workers).
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
+def write_idx(path: Path, array) -> None:
+    """Write `array` (uint8) in the IDX format, gzipped, as the official files are."""
+    import gzip
+    import struct
+
+    header = bytes([0, 0, 8, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype("uint8").tobytes())
+
+
+@pytest.fixture(scope="session")
+def small_fashion_mnist_shards(tmp_path_factory, fashion_mnist_dir) -> Path:
+    """Shards of a real Fashion-MNIST subset (first 1,000 train, 500 test images) for fast runs."""
+    from data_shards.convert import convert
+    from data_shards.idx import read_idx
+
+    src = tmp_path_factory.mktemp("fashion-mnist-small-idx")
+    for prefix, n in (("train", 1000), ("t10k", 500)):
+        for kind in ("images-idx3", "labels-idx1"):
+            name = f"{prefix}-{kind}-ubyte.gz"
+            write_idx(src / name, read_idx(fashion_mnist_dir / name)[:n])
+    out = tmp_path_factory.mktemp("fashion-mnist-small") / "shards"
+    convert("fashion-mnist", src, out, log=lambda *_: None)
+    return out
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray instance for the session's in-process training runs."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False)
+    yield ray
+    ray.shutdown()

@@ -81,6 +81,18 @@ def test_policy_is_three_layers_and_a_distribution():
     assert count_macs(policy, torch.zeros(1, 10)) == 10 * 64 + 64 * 64 + 64 * 2
 
 
+def test_sorted_softmax_policy_reads_the_confidence_profile():
+    torch.manual_seed(0)
+    policy = StoppingPolicy(10, hidden=16, input="sorted_softmax")
+    probs = torch.softmax(torch.randn(4, 10), -1)
+    permuted = probs[:, torch.randperm(10)]
+    assert torch.allclose(policy(probs), policy(permuted))
+    plain = StoppingPolicy(10, hidden=16)
+    assert not torch.allclose(plain(probs), plain(permuted))
+    with pytest.raises(ValueError, match="policy input must be one of"):
+        StoppingPolicy(10, input="logits")
+
+
 @pytest.mark.parametrize(
     "names",
     [

@@ -38,6 +38,7 @@ def test_lambda_lr_drives_two_param_groups():
     lrs = []
     for _ in range(cfg.epochs):
         lrs.append([g["lr"] for g in optimizer.param_groups])
+        optimizer.step()  # no gradients: a no-op, in the order torch expects
         scheduler.step()
     assert [g["name"] for g in optimizer.param_groups] == ["classifiers", "policies"]
     assert lrs[0] == [0.2, 0.0]
@@ -45,7 +46,16 @@ def test_lambda_lr_drives_two_param_groups():
     assert all(a > b for (a, _), (b, _) in zip(lrs, lrs[1:]))  # cosine decay
 
 
+def test_adam_option_keeps_the_two_groups():
+    model = Cascade(["preact_resnet8", "preact_resnet14"], num_classes=10, in_channels=1, image_size=28)
+    optimizer, _ = build_optimizer(model, OptimConfig(optimizer="adam", classifier_lr=1e-3, policy_lr=1e-2))
+    assert isinstance(optimizer, torch.optim.AdamW)
+    assert [g["name"] for g in optimizer.param_groups] == ["classifiers", "policies"]
+
+
 def test_bad_optim_config():
+    with pytest.raises(ValueError, match="optimizer must be one of"):
+        OptimConfig(optimizer="lion")
     with pytest.raises(ValueError, match="policy_lr must be >= 0"):
         OptimConfig(policy_lr=-1)
     with pytest.raises(ValueError, match="classifier_schedule"):

@@ -25,6 +25,9 @@ class CascadeOutput:
     stop_probs: torch.Tensor
 
 
+torch.export.register_dataclass(CascadeOutput, serialized_type_name="cascade_dist.CascadeOutput")
+
+
 class Cascade(nn.Module):
     """K ≥ 2 registered classifiers, K-1 stopping policies, and the per-stage cost vector.
 
@@ -40,6 +43,7 @@ class Cascade(nn.Module):
         image_size: int = 32,
         policy_hidden: int = 64,
         weights: Sequence[str | None] | None = None,
+        policy_input: str = "softmax",
     ):
         super().__init__()
         names = list(classifiers)
@@ -55,7 +59,7 @@ class Cascade(nn.Module):
             create_classifier(n, num_classes, in_channels, weights=w) for n, w in zip(names, weights)
         )
         self.policies = nn.ModuleList(
-            StoppingPolicy(num_classes, policy_hidden) for _ in range(len(names) - 1)
+            StoppingPolicy(num_classes, policy_hidden, policy_input) for _ in range(len(names) - 1)
         )
         self.macs: CascadeMACs = cascade_macs(
             self.classifiers, self.policies, self.input_shape, num_classes

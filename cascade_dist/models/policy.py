@@ -11,14 +11,22 @@ class StoppingPolicy(nn.Module):
 
     Hidden width 64 for CIFAR-sized data, 256 for ImageNet. `forward` returns the 2-way
     log-softmax with column 0 = log π_t(stop) and column 1 = log (1 - π_t(stop)).
+
+    `input="sorted_softmax"` feeds s_t sorted in decreasing order: the confidence profile, the same
+    for every class, which the policy learns from in a fraction of the updates (the paper's
+    `input="softmax"` must first learn that profile separately for each class).
     """
 
     STOP, CONTINUE = 0, 1
+    INPUTS = ("softmax", "sorted_softmax")
 
-    def __init__(self, num_classes: int, hidden: int = 64):
+    def __init__(self, num_classes: int, hidden: int = 64, input: str = "softmax"):
         super().__init__()
         if hidden < 1:
             raise ValueError(f"policy hidden width must be >= 1, got {hidden}")
+        if input not in self.INPUTS:
+            raise ValueError(f"policy input must be one of {self.INPUTS}, got {input!r}")
+        self.sort_input = input == "sorted_softmax"
         self.net = nn.Sequential(
             nn.Linear(num_classes, hidden),
             nn.ReLU(inplace=True),
@@ -28,4 +36,6 @@ class StoppingPolicy(nn.Module):
         )
 
     def forward(self, class_probs: torch.Tensor) -> torch.Tensor:
+        if self.sort_input:
+            class_probs = class_probs.sort(dim=-1, descending=True).values
         return torch.log_softmax(self.net(class_probs), dim=-1)

@@ -1,0 +1,166 @@
+"""The Ray Train worker: DeepSpeed engine → warm-up and joint epochs → evaluate → checkpoint → report.
+
+Every worker runs every stage on every image (ZeRO needs the same sub-network on all ranks);
+the REINFORCE baseline's sums and all metrics are all-reduced so every rank uses one global value.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import ray.train
+import torch
+import torch.distributed as dist
+
+from .checkpoint import load_engine_state, save_engine_state
+from .config import Config, from_container
+from .data import make_loader
+from .evaluate import evaluate
+from .models import Cascade
+from .training import build_optimizer, train_epoch
+
+FAULT_MARKER = "fault_injected"
+
+
+def deepspeed_config(cfg: Config) -> dict:
+    """The DeepSpeed config, derived from the run's config (never a second file that can drift)."""
+    return {
+        "train_micro_batch_size_per_gpu": cfg.data.batch_size,
+        "gradient_accumulation_steps": 1,
+        "zero_optimization": {"stage": cfg.run.zero_stage},
+        "zero_allow_untested_optimizer": True,
+        "bf16": {"enabled": cfg.run.bf16},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+
+
+def make_all_reduce(device: torch.device):
+    """Sum a tensor over all workers (gloo sums CPU tensors; NCCL needs them on the GPU)."""
+    backend = dist.get_backend() if dist.is_initialized() else None
+    if backend is None:
+        return lambda t: t
+
+    def all_reduce(t: torch.Tensor) -> torch.Tensor:
+        out = t.detach().to(device if backend == "nccl" else "cpu", copy=True)
+        dist.all_reduce(out)
+        return out.to(t.device)
+
+    return all_reduce
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_cascade(cfg: Config) -> Cascade:
+    m = cfg.model
+    return Cascade(m.classifiers, m.num_classes, m.in_channels, m.image_size, m.policy_hidden, m.weights, m.policy_input)
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """Ray Train's per-worker function (`config` is the resolved config as plain data)."""
+    import deepspeed
+
+    cfg = from_container(config)
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = torch.device(f"cuda:{ctx.get_local_rank()}" if cfg.run.use_gpu else "cpu")
+    if cfg.run.use_gpu:
+        torch.cuda.set_device(device)
+    seed_everything(cfg.run.seed)  # identical initial weights on every rank
+
+    model = build_cascade(cfg)
+    optimizer, scheduler = build_optimizer(model, cfg.optim)
+    deepspeed.init_distributed(dist_backend="nccl" if cfg.run.use_gpu else "gloo")
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=deepspeed_config(cfg))
+    all_reduce = make_all_reduce(device)
+
+    start_epoch, tracking_state = 0, {}
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as ckpt_dir:
+            state = load_engine_state(engine, ckpt_dir, scheduler, rank)
+        start_epoch, tracking_state = state["epoch"] + 1, state["tracking"]
+    elif cfg.run.warm_start:
+        state = load_engine_state(engine, cfg.run.warm_start, scheduler, rank)
+        start_epoch = state["epoch"] + 1  # tracking state not taken: this run gets its own MLflow run
+        _reset_learning_rates(scheduler, cfg)
+
+    loader_kw = dict(backend=cfg.data.backend, rank=rank, world_size=world, seed=cfg.run.seed,
+                     num_workers=cfg.data.loader_workers, device=device, on_error=cfg.data.on_error)
+    train_loader = make_loader(cfg.data.shards, "train", cfg.data.batch_size, train=True,
+                               augment=None if cfg.data.augment else False, **loader_kw)
+    eval_loader = make_loader(cfg.data.shards, cfg.data.eval_split, cfg.data.eval_batch_size, train=False, **loader_kw)
+    generator = torch.Generator(device=device).manual_seed(cfg.run.seed * 1000 + rank)
+
+    tracker = None
+    if rank == 0 and cfg.tracking.enabled:
+        from .tracking import RunTracker
+
+        tracker = RunTracker(cfg, run_id=tracking_state.get("run_id"))
+
+    report = None
+    for epoch in range(start_epoch, cfg.optim.epochs):
+        train_loader.set_epoch(epoch)
+        steps: list[dict] = []
+        train_stats = train_epoch(engine, train_loader, epoch, cfg.optim, cfg.objective, all_reduce, generator,
+                                  device, progress=rank == 0 and cfg.run.progress, step_log=steps)
+        scheduler.step()
+        report = evaluate(engine, eval_loader, model.macs, cfg.eval, all_reduce, device)
+        metrics = {"epoch": epoch, **{f"train_{k}": v for k, v in _mean_over_workers(train_stats, all_reduce).items()},
+                   **report.metrics()}
+        if tracker:
+            tracker.log_epoch(epoch, metrics)
+        with tempfile.TemporaryDirectory() as tmp:
+            save_engine_state(engine, tmp, scheduler, epoch, rank,
+                              tracking={"run_id": tracker.run_id} if tracker else tracking_state)
+            (Path(tmp) / f"steps_rank{rank}_epoch{epoch}.json").write_text(json.dumps(steps))
+            if rank == 0:
+                (Path(tmp) / "report.json").write_text(json.dumps(report.__dict__, indent=1))
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        _maybe_inject_fault(cfg, epoch, rank)
+
+    if tracker:
+        if report is not None:
+            tracker.log_final(model, report)
+        tracker.end()
+
+
+def _reset_learning_rates(scheduler, cfg: Config) -> None:
+    """After a warm start: this run's base LRs (the warm-up's were restored with its state)."""
+    bases = [cfg.optim.classifier_lr, cfg.optim.policy_lr]
+    scheduler.base_lrs = bases
+    for group, base, factor in zip(scheduler.optimizer.param_groups, bases, scheduler.lr_lambdas):
+        group["initial_lr"] = base
+        group["lr"] = base * factor(scheduler.last_epoch)
+    scheduler._last_lr = [g["lr"] for g in scheduler.optimizer.param_groups]
+
+
+def _mean_over_workers(stats: dict[str, float], all_reduce) -> dict[str, float]:
+    keys = sorted(stats)
+    values = all_reduce(torch.tensor([float(stats[k]) for k in keys], dtype=torch.float64))
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    out = {k: float(v) / world for k, v in zip(keys, values)}
+    out["images"] = out["images"] * world  # a count: the sum, not the mean
+    out["images_per_s"] = out["images_per_s"] * world
+    return out
+
+
+def _maybe_inject_fault(cfg: Config, epoch: int, rank: int) -> None:
+    """Kill this worker once, after epoch `run.fail_at_epoch` was checkpointed (fault-tolerance tests)."""
+    if cfg.run.fail_at_epoch != epoch or rank != ray.train.get_context().get_world_size() - 1:
+        return
+    marker = Path(cfg.run.storage_path).resolve() / cfg.run.name / FAULT_MARKER
+    if marker.exists():
+        return
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(f"worker rank {rank} killed after epoch {epoch}\n")
+    os._exit(1)
