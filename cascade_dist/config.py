@@ -8,7 +8,7 @@ line naming its dotted key, before any worker starts.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 from typing import Any, Optional
@@ -71,7 +71,7 @@ class RunConfig:
     checkpoints_to_keep: int = 2
     progress: bool = True
     fail_at_epoch: Optional[int] = None
-    """Fault injection for tests: a worker dies once after finishing this epoch's checkpoint."""
+    """Fault injection for tests: a worker dies once, early in the epoch after this one."""
     warm_start: Optional[str] = None
     """A checkpoint directory of a warm-up-only run (`optim.joint_epochs=0`): a new run (no state
     of its own under `run.name`) starts from its weights at its epoch + 1, with this run's LRs and
@@ -100,6 +100,9 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     run: RunConfig = field(default_factory=RunConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+
+SECTIONS = tuple(f.name for f in fields(Config))
 
 
 class ConfigError(ValueError):
@@ -172,21 +175,34 @@ def validate(merged, check_data: bool = True) -> Config:
     """Build the typed tree (each section's own checks) and check the fields that span sections."""
     problems: list[str] = []
     sections = {}
-    for name in ("model", "data", "objective", "optim", "eval", "run", "tracking"):
+    for name in SECTIONS:
         try:
             sections[name] = OmegaConf.to_object(merged[name])
-        except (ValueError, OmegaConfBaseException) as err:
-            text = _one_line(err) if isinstance(err, OmegaConfBaseException) else str(err)
-            problems.append(f"{name}: {text}")
-    if problems:
-        raise ConfigError(problems)
-    cfg = Config(**sections)
-    problems += _check_model(cfg) + _check_data_fields(cfg) + _check_run(cfg)
-    if check_data and not problems:
+        except OmegaConfBaseException as err:
+            problems.append(f"{name}: {_one_line(err)}")
+        except ValueError as err:
+            problems.append(_keyed(name, merged[name], str(err)))
+    ok = set(sections)
+    cfg = Config(**sections)  # defaults stand in for bad sections: only checks on valid ones run
+    if {"model", "eval", "objective"} <= ok:
+        problems += _check_model(cfg)
+    if "data" in ok:
+        problems += _check_data_fields(cfg)
+    if "run" in ok:
+        problems += _check_run(cfg)
+    if check_data and {"model", "data"} <= ok and not any(p.startswith(("model", "data")) for p in problems):
         problems += _check_against_manifest(cfg) + _check_warm_start(cfg)
     if problems:
         raise ConfigError(problems)
     return cfg
+
+
+def _keyed(section: str, node, message: str) -> str:
+    """'alpha must be >= 0' from section 'objective' → 'objective.alpha: must be >= 0'."""
+    field, _, rest = message.partition(" ")
+    if field in node:
+        return f"{section}.{field}: {rest}"
+    return f"{section}: {message}"
 
 
 def _check_model(cfg: Config) -> list[str]:
@@ -260,21 +276,21 @@ def _check_against_manifest(cfg: Config) -> list[str]:
     shards = Path(cfg.data.shards)
     if not shards.is_dir():
         return [f"data.shards: shard directory not found: {shards} (build it with `python -m data_shards`)"]
-    out = []
+    out, manifests = [], {}
     for split in ("train", cfg.data.eval_split):
         try:
-            manifest = Manifest.load(shards / split)
+            manifests[split] = Manifest.load(shards / split)
         except (OSError, ValueError) as err:
             out.append(f"data.shards: {err}")
-            continue
-        if manifest.num_classes != cfg.model.num_classes:
-            out.append(
-                f"model.num_classes: {cfg.model.num_classes} but {shards / split / 'manifest.json'} "
-                f"has num_classes={manifest.num_classes}"
-            )
-        if manifest.channels != cfg.model.in_channels:
-            out.append(
-                f"model.in_channels: {cfg.model.in_channels} but {shards / split / 'manifest.json'} "
-                f"has channels={manifest.channels}"
-            )
+    train = manifests.get("train")
+    if train is not None:
+        where = shards / "train" / "manifest.json"
+        if train.num_classes != cfg.model.num_classes:
+            out.append(f"model.num_classes: {cfg.model.num_classes} but {where} has num_classes={train.num_classes}")
+        if train.channels != cfg.model.in_channels:
+            out.append(f"model.in_channels: {cfg.model.in_channels} but {where} has channels={train.channels}")
+        other = manifests.get(cfg.data.eval_split)
+        if other is not None and other.num_classes != train.num_classes:
+            out.append(f"data.eval_split: {shards / cfg.data.eval_split} has {other.num_classes} classes, "
+                       f"train has {train.num_classes}")
     return out

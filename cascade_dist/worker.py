@@ -10,6 +10,7 @@ import json
 import os
 import random
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -109,6 +110,7 @@ def train_loop_per_worker(config: dict) -> None:
 
     report = None
     for epoch in range(start_epoch, cfg.optim.epochs):
+        _maybe_inject_fault(cfg, epoch, rank)
         train_loader.set_epoch(epoch)
         steps: list[dict] = []
         train_stats = train_epoch(engine, train_loader, epoch, cfg.optim, cfg.objective, all_reduce, generator,
@@ -126,7 +128,6 @@ def train_loop_per_worker(config: dict) -> None:
             if rank == 0:
                 (Path(tmp) / "report.json").write_text(json.dumps(report.__dict__, indent=1))
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-        _maybe_inject_fault(cfg, epoch, rank)
 
     if tracker:
         if report is not None:
@@ -155,12 +156,17 @@ def _mean_over_workers(stats: dict[str, float], all_reduce) -> dict[str, float]:
 
 
 def _maybe_inject_fault(cfg: Config, epoch: int, rank: int) -> None:
-    """Kill this worker once, after epoch `run.fail_at_epoch` was checkpointed (fault-tolerance tests)."""
-    if cfg.run.fail_at_epoch != epoch or rank != ray.train.get_context().get_world_size() - 1:
+    """Fault injection for tests: the last rank dies once, mid-run, in the epoch after
+    `run.fail_at_epoch` (whose checkpoint it gives the controller a few seconds to register,
+    while the other ranks start the epoch and wait for it in their first all-reduce)."""
+    if cfg.run.fail_at_epoch is None or epoch != cfg.run.fail_at_epoch + 1:
+        return
+    if rank != ray.train.get_context().get_world_size() - 1:
         return
     marker = Path(cfg.run.storage_path).resolve() / cfg.run.name / FAULT_MARKER
     if marker.exists():
         return
     marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.write_text(f"worker rank {rank} killed after epoch {epoch}\n")
+    marker.write_text(f"worker rank {rank} killed at the start of epoch {epoch}\n")
+    time.sleep(5)
     os._exit(1)

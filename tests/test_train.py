@@ -49,7 +49,7 @@ def test_shipped_configs_load(name):
     [
         ("model.classifiers=[preact_resnet8,resnet9000]", "model.classifiers[1]: unknown classifier 'resnet9000'"),
         ("model.classifiers=[preact_resnet8]", "model.classifiers: a cascade needs K >= 2"),
-        ("objective.alpha=-0.1", "objective: alpha must be >= 0"),
+        ("objective.alpha=-0.1", "objective.alpha: must be >= 0, got -0.1"),
         ("model.num_classes=7", "model.num_classes: 7 but"),
         ("data.shards=/nonexistent/shards", "data.shards: shard directory not found: /nonexistent/shards"),
         ("run.zero_stage=3", "run.zero_stage: expected 0, 1 or 2"),
@@ -73,7 +73,7 @@ def test_bad_config_exit_code_from_the_command_line(tmp_path):
                           capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert proc.returncode == 2
     lines = [line for line in proc.stderr.splitlines() if "config error" in line]
-    assert len(lines) == 2 and "objective: alpha" in lines[0] and "data.shards" in lines[1]
+    assert len(lines) == 2 and "objective.alpha" in lines[0] and "data.shards" in lines[1]
     assert time.perf_counter() - start < 60
 
 
@@ -119,6 +119,7 @@ def test_metrics_params_and_artifacts_land_in_mlflow(finished_run):
     assert {"exit_frac_stage0", "cost_pct", "macs_per_image", "train_baseline"} <= set(run_.data.metrics)
     artifacts = {a.path for a in client.list_artifacts(run_.info.run_id)}
     assert {"config.yaml", "report.json", "summary.txt", "tradeoff.png", "accuracy_matrix.png", "exit_histogram.png"} <= artifacts
+    mlflow.set_tracking_uri(f"sqlite:///{storage}/mlflow.db")
     model = mlflow.pytorch.load_model(f"runs:/{run_.info.run_id}/model")  # pt2: nothing is unpickled
     import torch
 
