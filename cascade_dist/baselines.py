@@ -152,9 +152,7 @@ def main(argv=None) -> int:
     try:
         cfg = load_config(args.config, args.overrides)
     except ConfigError as err:
-        for problem in err.problems:
-            print(f"cascade_dist.baselines: config error: {problem}", file=sys.stderr)
-        return 2
+        return err.print_lines("cascade_dist.baselines")
     print(json.dumps(run_baselines(cfg, args.checkpoint), indent=1))
     return 0
 

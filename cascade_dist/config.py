@@ -8,6 +8,7 @@ line naming its dotted key, before any worker starts.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
@@ -111,6 +112,12 @@ class ConfigError(ValueError):
     def __init__(self, problems: list[str]):
         self.problems = problems
         super().__init__("\n".join(problems))
+
+    def print_lines(self, prog: str) -> int:
+        """Print one `prog: config error: ...` line per problem to stderr; returns exit code 2."""
+        for problem in self.problems:
+            print(f"{prog}: config error: {problem}", file=sys.stderr)
+        return 2
 
 
 def shipped_configs() -> list[str]:

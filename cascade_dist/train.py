@@ -89,9 +89,7 @@ def main(argv=None) -> int:
     try:
         cfg = load_config(args.config, args.overrides)
     except ConfigError as err:
-        for problem in err.problems:
-            print(f"cascade_dist.train: config error: {problem}", file=sys.stderr)
-        return 2
+        return err.print_lines("cascade_dist.train")
     result = run(cfg)
     if result.report is None:
         print("cascade_dist.train: the run produced no evaluation report", file=sys.stderr)
