@@ -236,7 +236,23 @@ def _check_model(cfg: Config) -> list[str]:
             out.append(f"eval.tau: {err}")
     if cfg.objective.topk > m.num_classes:
         out.append(f"objective.topk: {cfg.objective.topk} exceeds model.num_classes={m.num_classes}")
+    if not out and cfg.objective.budget is not None:
+        out += _check_budget(cfg)
     return out
+
+
+def _check_budget(cfg: Config) -> list[str]:
+    """Budget mode needs a budget the cascade can meet: at least the first stage's cost."""
+    from .models import Cascade
+
+    m = cfg.model
+    cascade = Cascade(m.classifiers, m.num_classes, m.in_channels, m.image_size, m.policy_hidden,
+                      policy_input=m.policy_input)
+    floor = 100 * float(cascade.costs[0])
+    if cfg.objective.budget < floor:
+        return [f"objective.budget: {cfg.objective.budget} % is below the first stage's cost "
+                f"({floor:.2f} % of the largest classifier); no stopping policy can meet it"]
+    return []
 
 
 def _check_data_fields(cfg: Config) -> list[str]:

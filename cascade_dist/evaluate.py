@@ -3,10 +3,16 @@
 At test time an image stops at the first stage t with π_t(stop) ≥ τ_t. The prediction is the
 ensemble of the visited classifiers' softmaxes weighted by the stop probabilities they gave
 (or, with `ensemble=False`, the exiting classifier's softmax alone).
+
+Where the model gives the stop log-odds d_t = log π_t(stop) − log π_t(continue) (a `Cascade`
+does), the rule is applied as d_t ≥ θ_t with θ_t = logit τ_t: the same rule, but one that still
+orders images whose π is 1.0 in float32, so a calibrated θ (any real, `calibration.py`) can split
+them. The early-exit predictor (`predictor.py`) applies these same functions.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -63,6 +69,37 @@ def first_stop(stop_probs: torch.Tensor, taus: torch.Tensor) -> torch.Tensor:
     hit = stop_probs >= taus
     hit[:, -1] = True
     return hit.int().argmax(dim=1)
+
+
+def log_odds_thresholds(
+    tau: float | Sequence[float] | torch.Tensor | None, num_stages: int, theta: Sequence[float] | None = None,
+    device=None,
+) -> torch.Tensor:
+    """Per-stage log-odds thresholds (K,) float64, the last -inf: θ_t = logit τ_t, or `theta` as given
+    (any real: a calibrated θ may lie beyond what a float τ can say)."""
+    if theta is None:
+        thresholds(tau, num_stages)  # checks τ and its count
+        theta = [math.log(t) - math.log1p(-t) for t in (tau.tolist() if isinstance(tau, torch.Tensor) else _as_list(tau))]
+    theta = [float(t) for t in (theta.tolist() if isinstance(theta, torch.Tensor) else _as_list(theta))]
+    if len(theta) == 1:
+        theta = theta * (num_stages - 1)
+    if len(theta) != num_stages - 1:
+        raise ValueError(f"theta needs 1 or K-1 = {num_stages - 1} values, got {len(theta)}")
+    if any(math.isnan(t) for t in theta):
+        raise ValueError(f"theta must not be NaN, got {theta}")
+    return torch.tensor([*theta, -math.inf], dtype=torch.float64, device=device)
+
+
+def first_stop_log_odds(stop_log_odds: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """Index of the first stage with log-odds d_t ≥ θ_t (the last stage always stops), shape (N,)."""
+    hit = stop_log_odds.double() >= theta
+    hit[:, -1] = True
+    return hit.int().argmax(dim=1)
+
+
+def sigmoid(theta: Sequence[float]) -> list[float]:
+    """τ = 1 / (1 + e^-θ) per value (for display: rounds to 0 or 1 beyond |θ| ≈ 37)."""
+    return [1 / (1 + math.exp(-t)) if t > -700 else 0.0 for t in theta]
 
 
 def cascade_probs(
@@ -128,13 +165,16 @@ class EvalReport:
 class CascadeEvaluator:
     """Accumulates sufficient statistics over batches; all-reducible, then `compute()`."""
 
-    def __init__(self, macs: CascadeMACs, config: EvalConfig | None = None):
+    def __init__(self, macs: CascadeMACs, config: EvalConfig | None = None, theta: Sequence[float] | None = None):
+        """`theta`: log-odds thresholds (1 or K-1) in place of `config.tau`, e.g. a calibrated θ."""
         self.config = config or EvalConfig()
         self.macs = macs
         k = len(macs.classifier)
-        self.taus = thresholds(self.config.tau, k)
+        self.theta = log_odds_thresholds(self.config.tau, k, theta)
+        self.taus = thresholds(self.config.tau, k) if theta is None else None
         self.sweep_taus = list(self.config.sweep)
         self.sweep_thresholds = [thresholds(t, k) for t in self.sweep_taus]
+        self.sweep_theta = [log_odds_thresholds(t, k) for t in self.sweep_taus]
         self.cum_macs = macs.cumulative_macs()
         self.num_classes = 0
         self.sums = {
@@ -149,9 +189,19 @@ class CascadeEvaluator:
         }
 
     @torch.no_grad()
-    def update(self, log_probs: torch.Tensor, stop_probs: torch.Tensor, targets: torch.Tensor) -> None:
+    def update(
+        self, log_probs: torch.Tensor, stop_probs: torch.Tensor, targets: torch.Tensor,
+        stop_log_odds: torch.Tensor | None = None,
+    ) -> None:
+        """One batch of dense outputs; with `stop_log_odds` the rule is d ≥ θ, else π ≥ τ."""
         log_probs, stop_probs, targets = (x.detach().float().cpu() for x in (log_probs, stop_probs, targets))
-        exits = first_stop(stop_probs, self.taus)
+        if stop_log_odds is not None:
+            stop_log_odds = stop_log_odds.detach().float().cpu()
+            exits = first_stop_log_odds(stop_log_odds, self.theta)
+        elif self.taus is None:
+            raise ValueError("log-odds thresholds (theta) need the model's stop_log_odds")
+        else:
+            exits = first_stop(stop_probs, self.taus)
         probs = cascade_probs(log_probs, stop_probs, exits, self.config.ensemble)
         onehot = torch.nn.functional.one_hot(exits, stop_probs.shape[1]).double()
         static_hits = _hits(log_probs, targets, 1).double()  # (N, K)
@@ -164,8 +214,8 @@ class CascadeEvaluator:
         s["exits"] += onehot.sum(0)
         s["static_correct"] += static_hits.sum(0)
         s["matrix_correct"] += static_hits.T @ onehot
-        for i, taus in enumerate(self.sweep_thresholds):
-            ex = first_stop(stop_probs, taus)
+        for i, (taus, theta) in enumerate(zip(self.sweep_thresholds, self.sweep_theta)):
+            ex = first_stop(stop_probs, taus) if stop_log_odds is None else first_stop_log_odds(stop_log_odds, theta)
             s["sweep_correct"][i] += _hits(cascade_probs(log_probs, stop_probs, ex, self.config.ensemble), targets, 1).sum()
             s["sweep_macs"][i] += self.cum_macs[ex].sum()
 
@@ -187,7 +237,7 @@ class CascadeEvaluator:
         ]
         return EvalReport(
             num_samples=int(n),
-            tau=self.taus[:-1].tolist(),
+            tau=self.taus[:-1].tolist() if self.taus is not None else sigmoid(self.theta[:-1].tolist()),
             accuracy=float(s["correct"]) / n,
             top5_accuracy=float(s["correct5"]) / n if self.num_classes >= 5 else None,
             cost_pct=100 * macs / ref,
@@ -211,14 +261,15 @@ def evaluate(
     config: EvalConfig | None = None,
     all_reduce: AllReduce = local_sum,
     device: torch.device | str = "cpu",
+    theta: Sequence[float] | None = None,
 ) -> EvalReport:
     """Run `model` (a Cascade or an engine wrapping one) over `loader` and report the metrics."""
     was_training = model.training
     model.eval()
-    evaluator = CascadeEvaluator(macs, config)
+    evaluator = CascadeEvaluator(macs, config, theta)
     for images, targets in loader:
         out = model(images.to(device, non_blocking=True))
-        evaluator.update(out.log_probs, out.stop_probs, targets)
+        evaluator.update(out.log_probs, out.stop_probs, targets, getattr(out, "stop_log_odds", None))
     model.train(was_training)
     evaluator.all_reduce(all_reduce)
     return evaluator.compute()

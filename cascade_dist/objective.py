@@ -10,7 +10,7 @@ The objective maximised is the expected reward J = E_{k~Π, ŷ~C_k}[R].
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Callable, Literal, Optional
 
 import torch
 import torch.nn.functional as F
@@ -42,9 +42,18 @@ class ObjectiveConfig:
     topk: int = 1
     ce_weight: float = 0.0
     """Weight of the cross-entropy term kept during the joint phase (0 = pure reward)."""
+    budget: Optional[float] = None
+    """Budget mode: a target expected cost in % of the largest classifier; α (starting from
+    `alpha`) then follows dual ascent (`CostBudget`) instead of staying fixed."""
+    dual_lr: float = 0.005
+    """Step size η of α's dual ascent, per training step."""
 
     def __post_init__(self):
         validate_objective(self.alpha, self.estimator, self.baseline, self.topk)
+        if self.budget is not None and not self.budget > 0:
+            raise ValueError(f"budget must be a cost % > 0, got {self.budget}")
+        if not self.dual_lr > 0:
+            raise ValueError(f"dual_lr must be > 0, got {self.dual_lr}")
 
 
 def validate_objective(alpha: float, estimator: str, baseline: str, topk: int) -> None:
@@ -187,6 +196,27 @@ def cascade_loss(
     loss = -(score * (rewards - b)).mean()
     stats.update(reward=float(rewards.mean()), baseline=float(b), error=float(loss01.mean()))
     return loss, stats
+
+
+class CostBudget:
+    """α as the Lagrange multiplier of the constraint E[cum_k] ≤ B (budget mode; beyond the paper).
+
+    The paper's reward R = −L − α·cum_k is the Lagrangian of "max E[−L] s.t. E[cum_k] ≤ B" up to
+    the constant α·B, so training at α is the primal step; after each step the dual step
+        α ← max(0, α + η · (Ê[cum_k] − B))
+    uses Ê, the expected cost Σ_k Π(k|x)·cum_k averaged over the global batch (all-reduced, so
+    every worker holds the same α). α rises while the cascade spends too much, falls otherwise.
+    """
+
+    def __init__(self, alpha: float, budget_pct: float, lr: float):
+        self.alpha, self.budget, self.lr = float(alpha), budget_pct / 100, float(lr)
+
+    def step(self, expected_cost: float, count: int, all_reduce: AllReduce = local_sum) -> float:
+        """Update α from this worker's batch (mean expected cost over `count` images); returns α."""
+        sums = all_reduce(torch.tensor([expected_cost * count, float(count)], dtype=torch.float64))
+        mean = float(sums[0] / sums[1].clamp_min(1))
+        self.alpha = max(0.0, self.alpha + self.lr * (mean - self.budget))
+        return self.alpha
 
 
 def warmup_loss(log_probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -121,17 +121,30 @@ def write_report(out: str | Path, summary: dict[str, Any]) -> dict[str, Path]:
 VARIANT_NAMES = {"ours": "Ours", "ours_s": "Ours (S)"}
 
 
+def setting(t: dict) -> str:
+    """A trial's α: fixed, or dual ascent's start → end toward its budget."""
+    if t.get("dual_budget") is not None:
+        return (f"α={t['alpha']:g}→{t.get('alpha_end', t['alpha']):.3g} (dual ascent, budget {t['dual_budget']:g} %), "
+                f"policy LR={t['policy_lr']:g}")
+    return f"α={t['alpha']:g}, policy LR={t['policy_lr']:g}"
+
+
 def _write_csv(path: Path, trials: list[dict]) -> None:
     k = max((len(t.get("exit_fractions") or []) for t in trials), default=0)
-    cols = ["run_name", "variant", "alpha", "policy_lr", "accuracy", "cost_pct", "on_pareto_front",
+    cols = ["run_name", "variant", "alpha", "dual_budget", "alpha_end", "policy_lr", "accuracy", "cost_pct", "on_pareto_front",
             *[f"exit_frac_stage{i}" for i in range(k)], "mlflow_run_id"]
     with path.open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(cols)
         for t in sorted(trials, key=lambda t: (t["variant"], t["alpha"], t["policy_lr"])):
             fr = list(t.get("exit_fractions") or []) + [""] * k
-            w.writerow([t["run_name"], t["variant"], t["alpha"], t["policy_lr"], f"{t['accuracy']:.6f}",
+            w.writerow([t["run_name"], t["variant"], t["alpha"], _blank(t.get("dual_budget")), t.get("alpha_end", t["alpha"]),
+                        t["policy_lr"], f"{t['accuracy']:.6f}",
                         f"{t['cost_pct']:.4f}", t["on_pareto_front"], *fr[:k], t.get("mlflow_run_id", "")])
+
+
+def _blank(value) -> str:
+    return "" if value is None else str(value)
 
 
 def _markdown(summary, trials, static, threshold, matches, static_best) -> str:
@@ -157,14 +170,14 @@ def _markdown(summary, trials, static, threshold, matches, static_best) -> str:
     for t in threshold:
         lines.append(f"| confidence-threshold cascade | {t.label} | {100 * t.accuracy:.2f} | {t.cost_pct:.2f} | |")
     for t in sorted(trials, key=lambda t: (t["variant"], t["alpha"], t["policy_lr"])):
-        lines.append(f"| {VARIANT_NAMES.get(t['variant'], t['variant'])} | α={t['alpha']:g}, policy LR={t['policy_lr']:g} | "
+        lines.append(f"| {VARIANT_NAMES.get(t['variant'], t['variant'])} | {setting(t)} | "
                      f"{100 * t['accuracy']:.2f} | {t['cost_pct']:.2f} | {'✓' if t['on_pareto_front'] else ''} |")
     b = summary.get("budget")
     if b:
         lines += ["", "## Budget mode", ""]
         if b.get("chosen"):
             c = b["chosen"]
-            lines.append(f"Budget {b['budget_pct']:g} %: α={c['alpha']:g} (policy LR {c['policy_lr']:g}, {c['run_name']}): "
+            lines.append(f"Budget {b['budget_pct']:g} %: {setting(c)} ({c['run_name']}): "
                          f"{100 * c['accuracy']:.2f} % at {c['cost_pct']:.2f} %. {b.get('method', '')}")
         else:
             lines.append(f"Budget {b['budget_pct']:g} %: no trained α fits; raise α above {b.get('max_alpha', '?')}. "
@@ -192,7 +205,8 @@ def tradeoff_figure(path: Path, trials: list[dict], front: list[Point], static: 
             ax.plot([t["cost_pct"] for t in pts], [100 * t["accuracy"] for t in pts], m, color=c, ls="none",
                     label=VARIANT_NAMES[variant])
             for t in pts:
-                ax.annotate(f"α={t['alpha']:.2g}", (t["cost_pct"], 100 * t["accuracy"]), textcoords="offset points",
+                label = f"B={t['dual_budget']:g}" if t.get("dual_budget") is not None else f"α={t['alpha']:.2g}"
+                ax.annotate(label, (t["cost_pct"], 100 * t["accuracy"]), textcoords="offset points",
                             xytext=(4, 3), fontsize=7, color=c)
     if front:
         ax.step([p.cost_pct for p in front], [100 * p.accuracy for p in front], where="post", color="tab:red",

@@ -1,4 +1,5 @@
-"""Figures of a cascade's evaluation: accuracy vs cost (τ sweep), accuracy matrix, exit histogram."""
+"""Figures of a cascade's evaluation: accuracy vs cost (τ sweep), accuracy matrix, exit histogram,
+and examples with what each visited classifier said (the paper's Figure 3)."""
 
 from __future__ import annotations
 
@@ -51,6 +52,53 @@ def exit_histogram(report: EvalReport, path: str | Path) -> Path:
     fig, ax = plt.subplots(figsize=(5, 3.5))
     ax.bar(range(1, k + 1), [100 * f for f in report.exit_fractions])
     ax.set(xlabel="exit stage", ylabel="images (%)", xticks=range(1, k + 1), title="Where images stop")
+    return _save(fig, path)
+
+
+def exit_examples_plot(
+    images: np.ndarray,
+    targets: np.ndarray,
+    exit_stage: np.ndarray,
+    stage_probs: np.ndarray,
+    stop_probs: np.ndarray,
+    path: str | Path,
+    class_names: list[str] | None = None,
+    stage_names: list[str] | None = None,
+    predictions: np.ndarray | None = None,
+    top: int = 5,
+) -> Path:
+    """The paper's Figure 3: one row per image (N, C, H, W) with its label, exit stage and the
+    cascade's prediction, then the `top` class probabilities of each classifier it visited
+    (stage_probs (N, K, classes)) with the π it was given there."""
+    n, k = stage_probs.shape[:2]
+    top = min(top, stage_probs.shape[2])
+    class_names = class_names or [str(c) for c in range(stage_probs.shape[2])]
+    stage_names = stage_names or [f"C{t + 1}" for t in range(k)]
+    fig, axes = plt.subplots(n, k + 1, figsize=(1.6 + 2.4 * k, 1.5 * n + 0.4), squeeze=False,
+                             gridspec_kw={"width_ratios": [0.7] + [1] * k})
+    for i in range(n):
+        img = images[i].transpose(1, 2, 0)
+        img = (img - img.min()) / max(float(img.max() - img.min()), 1e-8)
+        ax = axes[i, 0]
+        ax.imshow(img[..., 0] if img.shape[2] == 1 else img, cmap="gray")
+        ax.set_axis_off()
+        said = "" if predictions is None else f" → {class_names[int(predictions[i])]}"
+        ax.set_title(f"{class_names[int(targets[i])]}\nexit {int(exit_stage[i]) + 1}{said}", fontsize=8)
+        for t in range(k):
+            ax = axes[i, t + 1]
+            if t > exit_stage[i]:
+                ax.text(0.5, 0.5, "not run", ha="center", va="center", fontsize=8, color="0.5")
+                ax.set_axis_off()
+                continue
+            order = np.argsort(-stage_probs[i, t])[:top][::-1]
+            colors = ["tab:green" if c == targets[i] else "tab:gray" for c in order]
+            ax.barh(range(top), stage_probs[i, t, order], color=colors)
+            ax.set(xlim=(0, 1), yticks=range(top))
+            ax.set_yticklabels([class_names[c][:12] for c in order], fontsize=6)
+            ax.tick_params(axis="x", labelsize=6)
+            pi = "" if t == k - 1 else f", π={stop_probs[i, t]:.2f}"
+            ax.set_title(f"{stage_names[t]}{pi}", fontsize=7)
+    fig.suptitle("Examples: class probabilities of each classifier visited (green: true class)", fontsize=9)
     return _save(fig, path)
 
 

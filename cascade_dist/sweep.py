@@ -10,8 +10,10 @@
 4. MLflow: one parent run, one child run per trial (written by the trial's rank-0 worker with
    `tracking.parent_run_id`), and on the parent the Pareto front, tables and plot
    (`cascade_dist.pareto.write_report`).
-5. Budget mode (`--budget B`): the most accurate Ours trial whose cost is ≤ B %; with
-   `--budget-refine N`, N more trials bisect log α toward the budget (no dual ascent).
+5. Budget mode (`--budget B`): one more trial per variant trains with `objective.budget=B`, its α
+   following dual ascent toward an expected cost of B (`objective.CostBudget`); with
+   `--budget-refine N`, N more trials bisect log α toward B. The choice is the most accurate Ours
+   trial (grid, dual ascent or bisection) whose test cost is ≤ B %.
 """
 
 from __future__ import annotations
@@ -80,17 +82,21 @@ def check_args(args: argparse.Namespace) -> list[str]:
     return out
 
 
-def run_name(sweep: str, variant: str, alpha: float, policy_lr: float) -> str:
-    return f"{sweep}-{variant}-a{alpha:.3g}-plr{policy_lr:.3g}"
+def run_name(sweep: str, variant: str, alpha: float, policy_lr: float, budget: float | None = None) -> str:
+    target = f"-B{budget:.3g}" if budget is not None else ""
+    return f"{sweep}-{variant}-a{alpha:.3g}{target}-plr{policy_lr:.3g}"
 
 
-def trial_config(base: dict, variant: str, alpha: float, policy_lr: float, sweep: dict) -> Config:
-    """The trial's config: the base config with its α, policy LR, variant, parent run and warm start."""
+def trial_config(base: dict, variant: str, alpha: float, policy_lr: float, sweep: dict,
+                 budget: float | None = None) -> Config:
+    """The trial's config: the base config with its α (fixed, or dual ascent's start toward `budget`),
+    policy LR, variant, parent run and warm start."""
     d = copy.deepcopy(base)
     d["objective"]["alpha"] = float(alpha)
+    d["objective"]["budget"] = budget
     d["optim"]["policy_lr"] = float(policy_lr)
     d["optim"]["freeze_classifiers"] = variant == "ours_s"
-    d["run"]["name"] = run_name(sweep["name"], variant, alpha, policy_lr)
+    d["run"]["name"] = run_name(sweep["name"], variant, alpha, policy_lr, budget)
     d["run"]["warm_start"] = sweep.get("warm_start")
     d["tracking"]["parent_run_id"] = sweep.get("parent_run_id")
     return from_container(d)
@@ -102,14 +108,15 @@ def _trial(params: dict, base: dict, sweep: dict) -> None:
 
     from . import train
 
-    cfg = trial_config(base, params["variant"], params["alpha"], params["policy_lr"], sweep)
+    cfg = trial_config(base, params["variant"], params["alpha"], params["policy_lr"], sweep, params.get("budget"))
     start = time.perf_counter()
     result = train.run(cfg)
     if result.report is None:
         raise RuntimeError(f"trial {cfg.run.name} produced no evaluation report")
     tune.report({"accuracy": result.report.accuracy, "cost_pct": result.report.cost_pct,
                  "run_name": cfg.run.name, "checkpoint_path": str(result.checkpoint_path),
-                 "trial_seconds": time.perf_counter() - start})
+                 "trial_seconds": time.perf_counter() - start,
+                 "alpha_end": (result.metrics or {}).get("train_alpha_end", cfg.objective.alpha)})
 
 
 def run_trials(points: Sequence[dict], base: dict, sweep: dict, max_concurrent: int, round_: int) -> tuple[list[dict], list[str]]:
@@ -135,11 +142,13 @@ def run_trials(points: Sequence[dict], base: dict, sweep: dict, max_concurrent: 
     for res in grid:
         point = points[res.config["point"]]
         if res.error or not res.metrics or "accuracy" not in res.metrics:
-            errors.append(f"{run_name(sweep['name'], point['variant'], point['alpha'], point['policy_lr'])}: {res.error}")
+            errors.append(f"{run_name(sweep['name'], point['variant'], point['alpha'], point['policy_lr'], point.get('budget'))}: {res.error}")
             continue
         report = json.loads((Path(res.metrics["checkpoint_path"]) / "report.json").read_text())
         trials.append({"run_name": res.metrics["run_name"], "variant": point["variant"], "alpha": point["alpha"],
-                       "policy_lr": point["policy_lr"], "accuracy": report["accuracy"], "cost_pct": report["cost_pct"],
+                       "policy_lr": point["policy_lr"], "dual_budget": point.get("budget"),
+                       "alpha_end": res.metrics.get("alpha_end", point["alpha"]),
+                       "accuracy": report["accuracy"], "cost_pct": report["cost_pct"],
                        "exit_fractions": report["exit_fractions"], "sweep": report["sweep"],
                        "seconds": res.metrics.get("trial_seconds"), "checkpoint_path": res.metrics["checkpoint_path"]})
     return trials, errors
@@ -148,7 +157,7 @@ def run_trials(points: Sequence[dict], base: dict, sweep: dict, max_concurrent: 
 def next_alpha(trials: Sequence[dict], budget: float) -> float | None:
     """Next α to train toward `budget`: the log-midpoint between the smallest feasible α (cost ≤ budget)
     and the largest infeasible one below it; ×3 if none fits, ÷3 if all fit. None: nothing to refine."""
-    pts = sorted((t["alpha"], t["cost_pct"]) for t in trials)
+    pts = sorted((t["alpha"], t["cost_pct"]) for t in trials if t.get("dual_budget") is None)
     if not pts:
         return None
     feasible = [a for a, c in pts if c <= budget]
@@ -264,16 +273,22 @@ def sweep(cfg: Config, args: argparse.Namespace, command: str) -> int:
         # 4. budget mode
         budget = None
         if args.budget is not None:
-            method = "Picked from the α grid."
+            dual = [{"variant": v, "alpha": cfg.objective.alpha, "policy_lr": lr, "budget": args.budget}
+                    for v in args.variants for lr in policy_lrs]
+            more, errs = run_trials(dual, base_cfg, sweep_info, max_concurrent, 1)
+            trials, errors = trials + more, errors + errs
+            method = (f"Picked from the α grid and {len(dual)} dual-ascent trial(s) (objective.budget={args.budget:g}: "
+                      f"α starts at {cfg.objective.alpha:g} and follows the expected training cost).")
             for r in range(args.budget_refine):
                 lr = (budget_choice(trials, args.budget) or {}).get("policy_lr", policy_lrs[0])
-                alpha = next_alpha([t for t in trials if t["variant"] == "ours" and t["policy_lr"] == lr], args.budget)
+                alpha = next_alpha([t for t in trials if t["variant"] == "ours" and t["policy_lr"] == lr
+                                    and t.get("dual_budget") is None], args.budget)
                 if alpha is None or any(t["alpha"] == alpha and t["policy_lr"] == lr for t in trials):
                     break
                 more, errs = run_trials([{"variant": "ours", "alpha": float(f"{alpha:.4g}"), "policy_lr": lr}],
-                                        base_cfg, sweep_info, max_concurrent, r + 1)
+                                        base_cfg, sweep_info, max_concurrent, r + 2)
                 trials, errors = trials + more, errors + errs
-                method = f"Picked after {r + 1} extra trial(s) bisecting log α toward the budget (no dual ascent)."
+                method += f" Then {r + 1} extra trial(s) bisecting log α toward the budget."
             chosen = budget_choice(trials, args.budget)
             budget = {"budget_pct": args.budget, "chosen": chosen, "method": method,
                       "max_alpha": max(t["alpha"] for t in trials) if trials else None}

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from .evaluate import EvalConfig, evaluate
 from .models import Cascade
-from .objective import AllReduce, ObjectiveConfig, cascade_loss, local_sum, warmup_loss
+from .objective import AllReduce, CostBudget, ObjectiveConfig, cascade_loss, local_sum, warmup_loss
 
 Phase = Literal["warmup", "joint"]
 
@@ -139,19 +139,25 @@ def training_step(
     objective: ObjectiveConfig,
     all_reduce: AllReduce = local_sum,
     generator: torch.Generator | None = None,
+    alpha: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Forward every stage, score the batch for `phase`, backward and step; returns (loss, stats)."""
+    """Forward every stage, score the batch for `phase`, backward and step; returns (loss, stats).
+
+    `alpha` overrides `objective.alpha` (budget mode's current multiplier).
+    """
     out = engine(images)
     ce = warmup_loss(out.log_probs, targets)
     if phase == "warmup":
         loss, stats = ce, {}
     else:
+        alpha = objective.alpha if alpha is None else alpha
         loss, stats = cascade_loss(
-            out.log_probs, out.stop_probs, targets, unwrap(engine).costs, objective.alpha,
+            out.log_probs, out.stop_probs, targets, unwrap(engine).costs, alpha,
             objective.estimator, objective.baseline, generator, objective.topk, all_reduce,
         )
         if objective.ce_weight:
             loss = loss + objective.ce_weight * ce
+        stats["alpha"] = alpha
     engine.backward(loss)
     engine.step()
     stats.update(loss=float(loss.detach()), ce=float(ce.detach()) / out.log_probs.shape[1])
@@ -176,10 +182,12 @@ def train_epoch(
     device: torch.device | str = "cpu",
     progress: bool = True,
     step_log: list[dict] | None = None,
+    budget: CostBudget | None = None,
 ) -> dict[str, float]:
     """One epoch of `training_step`s; returns the mean of each statistic and images/s.
 
-    `step_log`, when given, receives every step's statistics (loss, reward, baseline, ...).
+    `step_log`, when given, receives every step's statistics (loss, reward, baseline, ...);
+    `budget`, in joint epochs, moves α by dual ascent after every step.
     """
     phase = optim.phase(epoch)
     set_train_mode(engine, optim, epoch)
@@ -188,7 +196,10 @@ def train_epoch(
     bar = tqdm(loader, desc=f"epoch {epoch} ({phase})", disable=not progress, mininterval=5)
     for images, targets in bar:
         images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-        _, stats = training_step(engine, images, targets, phase, objective, all_reduce, generator)
+        alpha = budget.alpha if budget is not None else None
+        _, stats = training_step(engine, images, targets, phase, objective, all_reduce, generator, alpha)
+        if budget is not None and phase == "joint":
+            budget.step(stats["expected_cost"], len(targets), all_reduce)
         if step_log is not None:
             step_log.append(stats)
         for key, value in stats.items():
@@ -198,7 +209,16 @@ def train_epoch(
     elapsed = time.perf_counter() - start
     means = {key: value / max(steps, 1) for key, value in totals.items()}
     means.update(images=seen, images_per_s=seen / elapsed if elapsed > 0 else 0.0, phase_joint=float(phase == "joint"))
+    if budget is not None and phase == "joint":
+        means["alpha_end"] = budget.alpha
     return means
+
+
+def make_budget(objective: ObjectiveConfig, alpha: float | None = None) -> CostBudget | None:
+    """The dual-ascent controller of budget mode (None when `objective.budget` is unset)."""
+    if objective.budget is None:
+        return None
+    return CostBudget(objective.alpha if alpha is None else alpha, objective.budget, objective.dual_lr)
 
 
 def fit(
@@ -216,10 +236,12 @@ def fit(
     model.to(device)
     optimizer, scheduler = build_optimizer(model, optim)
     engine = LocalEngine(model, optimizer)
+    budget = make_budget(objective)
     history = []
     for epoch in range(optim.epochs):
         record = {"epoch": epoch, "phase": optim.phase(epoch)}
-        record["train"] = train_epoch(engine, train_loader, epoch, optim, objective, generator=generator, device=device, progress=progress)
+        record["train"] = train_epoch(engine, train_loader, epoch, optim, objective, generator=generator, device=device,
+                                      progress=progress, budget=budget)
         scheduler.step()
         if eval_loader is not None:
             record["eval"] = evaluate(model, eval_loader, model.macs, eval_config, device=device)

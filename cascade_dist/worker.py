@@ -19,11 +19,11 @@ import torch
 import torch.distributed as dist
 
 from .checkpoint import load_engine_state, save_engine_state
-from .config import Config, from_container
+from .config import Config, from_container, save_config
 from .data import make_loader
 from .evaluate import evaluate
 from .models import Cascade
-from .training import build_optimizer, train_epoch
+from .training import build_optimizer, make_budget, train_epoch
 
 FAULT_MARKER = "fault_injected"
 
@@ -55,6 +55,23 @@ def make_all_reduce(device: torch.device):
     return all_reduce
 
 
+def average_buffers(module: torch.nn.Module) -> None:
+    """Average the floating-point buffers (BatchNorm running statistics) over all workers, in place.
+
+    DeepSpeed, unlike DDP, never syncs buffers: each rank's BatchNorm statistics follow its own
+    shard, so ranks would evaluate different models and the checkpoint (rank 0's) would hold yet
+    another. After this every rank evaluates, and the checkpoint holds, one model.
+    """
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return
+    world = dist.get_world_size()
+    with torch.no_grad():
+        for buf in module.buffers():
+            if buf.is_floating_point():
+                dist.all_reduce(buf)
+                buf.div_(world)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -84,12 +101,12 @@ def train_loop_per_worker(config: dict) -> None:
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=deepspeed_config(cfg))
     all_reduce = make_all_reduce(device)
 
-    start_epoch, tracking_state = 0, {}
+    start_epoch, tracking_state, alpha = 0, {}, None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as ckpt_dir:
             state = load_engine_state(engine, ckpt_dir, scheduler, rank)
-        start_epoch, tracking_state = state["epoch"] + 1, state["tracking"]
+        start_epoch, tracking_state, alpha = state["epoch"] + 1, state["tracking"], state.get("alpha")
     elif cfg.run.warm_start:
         state = load_engine_state(engine, cfg.run.warm_start, scheduler, rank)
         start_epoch = state["epoch"] + 1  # tracking state not taken: this run gets its own MLflow run
@@ -101,6 +118,7 @@ def train_loop_per_worker(config: dict) -> None:
                                augment=None if cfg.data.augment else False, **loader_kw)
     eval_loader = make_loader(cfg.data.shards, cfg.data.eval_split, cfg.data.eval_batch_size, train=False, **loader_kw)
     generator = torch.Generator(device=device).manual_seed(cfg.run.seed * 1000 + rank)
+    budget = make_budget(cfg.objective, alpha)  # budget mode: α by dual ascent, resumed with the run
 
     tracker = None
     if rank == 0 and cfg.tracking.enabled:
@@ -114,8 +132,9 @@ def train_loop_per_worker(config: dict) -> None:
         train_loader.set_epoch(epoch)
         steps: list[dict] = []
         train_stats = train_epoch(engine, train_loader, epoch, cfg.optim, cfg.objective, all_reduce, generator,
-                                  device, progress=rank == 0 and cfg.run.progress, step_log=steps)
+                                  device, progress=rank == 0 and cfg.run.progress, step_log=steps, budget=budget)
         scheduler.step()
+        average_buffers(model)
         report = evaluate(engine, eval_loader, model.macs, cfg.eval, all_reduce, device)
         metrics = {"epoch": epoch, **{f"train_{k}": v for k, v in _mean_over_workers(train_stats, all_reduce).items()},
                    **report.metrics()}
@@ -123,10 +142,12 @@ def train_loop_per_worker(config: dict) -> None:
             tracker.log_epoch(epoch, metrics)
         with tempfile.TemporaryDirectory() as tmp:
             save_engine_state(engine, tmp, scheduler, epoch, rank,
-                              tracking={"run_id": tracker.run_id} if tracker else tracking_state)
+                              tracking={"run_id": tracker.run_id} if tracker else tracking_state,
+                              alpha=budget.alpha if budget else None)
             (Path(tmp) / f"steps_rank{rank}_epoch{epoch}.json").write_text(json.dumps(steps))
-            if rank == 0:
+            if rank == 0:  # the checkpoint carries what it takes to rebuild and judge the model
                 (Path(tmp) / "report.json").write_text(json.dumps(report.__dict__, indent=1))
+                save_config(cfg, Path(tmp) / "config.yaml")
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
     if tracker:

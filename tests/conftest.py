@@ -49,16 +49,22 @@ def write_idx(path: Path, array) -> None:
 @pytest.fixture(scope="session")
 def small_fashion_mnist_shards(tmp_path_factory, fashion_mnist_dir) -> Path:
     """Shards of a real Fashion-MNIST subset (first 1,000 train, 500 test images) for fast runs."""
+    return fashion_mnist_subset_shards(tmp_path_factory, fashion_mnist_dir, "fashion-mnist-small", 1000, 500)
+
+
+def fashion_mnist_subset_shards(tmp_path_factory, fashion_mnist_dir, name: str, n_train: int, n_test: int,
+                                val_split: int = 0) -> Path:
+    """Shards of the first n_train / n_test real Fashion-MNIST images (val_split of train held out)."""
     from data_shards.convert import convert
     from data_shards.idx import read_idx
 
-    src = tmp_path_factory.mktemp("fashion-mnist-small-idx")
-    for prefix, n in (("train", 1000), ("t10k", 500)):
+    src = tmp_path_factory.mktemp(f"{name}-idx")
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
         for kind in ("images-idx3", "labels-idx1"):
-            name = f"{prefix}-{kind}-ubyte.gz"
-            write_idx(src / name, read_idx(fashion_mnist_dir / name)[:n])
-    out = tmp_path_factory.mktemp("fashion-mnist-small") / "shards"
-    convert("fashion-mnist", src, out, log=lambda *_: None)
+            file = f"{prefix}-{kind}-ubyte.gz"
+            write_idx(src / file, read_idx(fashion_mnist_dir / file)[:n])
+    out = tmp_path_factory.mktemp(name) / "shards"
+    convert("fashion-mnist", src, out, val_split=val_split, log=lambda *_: None)
     return out
 
 

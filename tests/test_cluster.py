@@ -431,7 +431,7 @@ def test_train_job_end_to_end(cluster, tmp_path, small_fashion_mnist_shards):
     submission_id = f"train-e2e-{os.getpid()}-{int(time.time())}"
     overrides = [
         f"data.shards={small_fashion_mnist_shards}", "data.batch_size=64", "data.eval_batch_size=250",
-        "model.classifiers=[preact_resnet8,preact_resnet14]", "optim.warmup_epochs=1", "optim.joint_epochs=1",
+        "model.classifiers=[preact_resnet8,preact_resnet14]", "objective.budget=null", "optim.warmup_epochs=1", "optim.joint_epochs=1",
         f"run.storage_path={tmp_path / 'runs'}", "run.name=e2e", "run.progress=false",
         f"tracking.tracking_uri={cluster.mlflow_url}", "tracking.experiment=e2e", "tracking.log_model=false",
     ]

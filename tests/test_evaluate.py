@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cascade_dist.evaluate import CascadeEvaluator, EvalConfig, cascade_probs, exit_stages
+from cascade_dist.evaluate import (CascadeEvaluator, EvalConfig, cascade_probs, exit_stages, first_stop_log_odds,
+                                   log_odds_thresholds)
 from cascade_dist.flops import CascadeMACs
 
 MACS = CascadeMACs(classifier=(10, 30, 100), policy=(1, 1, 0))
@@ -88,3 +89,24 @@ def test_evaluator_all_reduce_combines_workers():
 def test_empty_evaluation_is_an_error():
     with pytest.raises(ValueError, match="no samples"):
         CascadeEvaluator(MACS).compute()
+
+
+def test_log_odds_rule_is_the_tau_rule_and_still_orders_saturated_stop_probabilities():
+    d = torch.tensor([[20.0, 0.3, float("inf")], [17.0, -2.0, float("inf")], [-1.0, 0.5, float("inf")]])
+    stop = torch.sigmoid(d)
+    assert stop[0, 0] == stop[1, 0] == 1.0  # float32 π saturates: no τ < 1 tells these two apart
+    theta = log_odds_thresholds([0.5, 0.6], 3)
+    assert theta[-1] == float("-inf") and theta[0] == 0.0
+    assert first_stop_log_odds(d, theta).tolist() == exit_stages(stop, [0.5, 0.6]).tolist() == [0, 0, 1]
+    assert first_stop_log_odds(d, log_odds_thresholds(None, 3, theta=[18.0])).tolist() == [0, 2, 2]
+
+
+def test_evaluator_takes_log_odds_thresholds():
+    lp = torch.log_softmax(torch.randn(3, 3, 4), -1)
+    d = torch.tensor([[20.0, 0.3, float("inf")], [17.0, -2.0, float("inf")], [-1.0, 0.5, float("inf")]])
+    ev = CascadeEvaluator(MACS, EvalConfig(sweep=[0.5]), theta=[18.0])
+    ev.update(lp, torch.sigmoid(d), torch.zeros(3, dtype=torch.long), d)
+    rep = ev.compute()
+    assert rep.exit_fractions == [1 / 3, 0.0, 2 / 3] and rep.tau[0] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="need the model's stop_log_odds"):
+        ev.update(lp, torch.sigmoid(d), torch.zeros(3, dtype=torch.long))

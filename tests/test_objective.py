@@ -8,6 +8,8 @@ from torch import nn
 
 from cascade_dist.models import StoppingPolicy
 from cascade_dist.objective import (
+    CostBudget,
+    ObjectiveConfig,
     cascade_loss,
     exit_distribution,
     global_baseline,
@@ -193,3 +195,21 @@ GOOD = dict(
 def test_bad_arguments_raise_clear_errors(change, message):
     with pytest.raises(ValueError, match=message):
         cascade_loss(**{**GOOD, **change})
+
+
+def test_cost_budget_dual_ascent_moves_alpha_with_the_global_expected_cost():
+    budget = CostBudget(alpha=0.01, budget_pct=50, lr=0.1)
+    assert budget.step(expected_cost=0.8, count=10) == pytest.approx(0.01 + 0.1 * 0.3)  # over budget: α up
+    assert budget.step(expected_cost=0.2, count=10) == pytest.approx(0.01)               # under: α down
+    assert budget.step(expected_cost=0.0, count=10) == 0.0                               # never below 0
+    # two workers: the other holds 30 images at cost 1.0, so the global mean is (10·0.2 + 30·1.0)/40 = 0.8
+    other = torch.tensor([30 * 1.0, 30.0], dtype=torch.float64)
+    budget.alpha = 0.0
+    assert budget.step(0.2, 10, all_reduce=lambda t: t + other) == pytest.approx(0.1 * (0.8 - 0.5))
+
+
+def test_budget_config_is_checked():
+    with pytest.raises(ValueError, match="budget"):
+        ObjectiveConfig(budget=0)
+    with pytest.raises(ValueError, match="dual_lr"):
+        ObjectiveConfig(budget=40, dual_lr=0)

@@ -25,6 +25,7 @@ def tiny_overrides(shards: Path, storage: Path, name: str, **extra) -> list[str]
         "data.batch_size": 64,
         "data.eval_batch_size": 250,
         "model.classifiers": "[preact_resnet8,preact_resnet14]",
+        "objective.budget": 80,  # budget mode: α by dual ascent (ResNet-8 alone costs 46 % of ResNet-14)
         "optim.warmup_epochs": 1,
         "optim.joint_epochs": 1,
         "run.storage_path": storage,
@@ -100,9 +101,29 @@ def test_two_workers_train_with_one_global_baseline(finished_run):
     steps = {r: json.loads((ckpt / f"steps_rank{r}_epoch1.json").read_text()) for r in (0, 1)}
     assert len(steps[0]) == len(steps[1]) > 3
     assert [s["baseline"] for s in steps[0]] == [s["baseline"] for s in steps[1]]
+    assert [s["alpha"] for s in steps[0]] == [s["alpha"] for s in steps[1]]  # budget mode: one global α
+    assert len({s["alpha"] for s in steps[0]}) > 1  # ...that dual ascent moves
     # ...while each rank's own rewards differ (different shards): the equality is the all-reduce
     assert [s["reward"] for s in steps[0]] != [s["reward"] for s in steps[1]]
     assert (ckpt / "checkpoint" / "mp_rank_00_model_states.pt").is_file()
+
+
+def test_checkpoint_holds_the_model_the_workers_evaluated(finished_run):
+    """BatchNorm statistics are averaged over the ranks before evaluation, so the checkpoint reloaded
+    in one process scores exactly what report.json says the two workers measured."""
+    from cascade_dist.checkpoint import load_cascade
+    from cascade_dist.data import make_loader
+    from cascade_dist.evaluate import evaluate
+
+    cfg, result, storage = finished_run
+    ckpt = Path(result.checkpoint_path)
+    model, _, _ = load_cascade(ckpt)  # the config.yaml written into the checkpoint rebuilds it
+    loader = make_loader(cfg.data.shards, "test", 250, backend="torch", train=False)
+    report = evaluate(model, loader, model.macs, cfg.eval)
+    assert report.num_samples == result.report.num_samples
+    assert report.static_accuracy == result.report.static_accuracy
+    assert report.accuracy == result.report.accuracy and report.exit_fractions == result.report.exit_fractions
+    assert (ckpt / "config.yaml").is_file()
 
 
 def test_metrics_params_and_artifacts_land_in_mlflow(finished_run):
@@ -136,6 +157,9 @@ def test_resubmitting_a_run_resumes_it(finished_run, small_fashion_mnist_shards)
     assert len(runs) == 1  # the same MLflow run continues
     assert read_metric_steps(client, runs[0].info.run_id, "accuracy") == [0, 1, 2]  # epoch 2 only was trained
     assert result.checkpoint_path != first.checkpoint_path
+    # budget mode's α carries over: the resumed epoch starts where dual ascent left it
+    resumed = json.loads((Path(result.checkpoint_path) / "steps_rank0_epoch2.json").read_text())
+    assert resumed[0]["alpha"] == pytest.approx(first.metrics["train_alpha_end"])
 
 
 def test_killed_worker_resumes_from_last_checkpoint(tmp_path, small_fashion_mnist_shards, ray_local):

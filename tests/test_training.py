@@ -75,9 +75,9 @@ def test_ours_s_freezes_classifiers_and_trains_policies(fashion_mnist_dir):
     assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("policies."))
 
 
-@pytest.mark.slow
-def test_cascade_learns_on_fashion_mnist_and_cost_falls_with_alpha(fashion_mnist_dir):
-    """Shared CE warm-up, then joint REINFORCE at two α: accurate, and cheaper at the larger α."""
+@pytest.fixture(scope="module")
+def warm_cascade(fashion_mnist_dir):
+    """ResNet-8 → ResNet-20 after a 2-epoch CE warm-up on 4,000 real Fashion-MNIST images, and the data."""
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)
     train = DataLoader(fashion_mnist_tensors(fashion_mnist_dir, "train", 4000), batch_size=64, shuffle=True, generator=gen)
@@ -85,6 +85,13 @@ def test_cascade_learns_on_fashion_mnist_and_cost_falls_with_alpha(fashion_mnist
     model = Cascade(["preact_resnet8", "preact_resnet20"], num_classes=10, in_channels=1, image_size=28)
     warm = fit(model, train, OptimConfig(warmup_epochs=2, joint_epochs=0, classifier_schedule="constant", classifier_lr=0.05), ObjectiveConfig(), progress=False)
     assert warm[-1]["phase"] == "warmup"
+    return model, train, test
+
+
+@pytest.mark.slow
+def test_cascade_learns_on_fashion_mnist_and_cost_falls_with_alpha(warm_cascade):
+    """Shared CE warm-up, then joint REINFORCE at two α: accurate, and cheaper at the larger α."""
+    model, train, test = warm_cascade
     reports = {}
     for alpha in (0.0, 0.5):
         cascade = copy.deepcopy(model)
@@ -97,3 +104,26 @@ def test_cascade_learns_on_fashion_mnist_and_cost_falls_with_alpha(fashion_mnist
     assert low.accuracy > 0.7 and high.accuracy > 0.7  # chance is 0.1
     assert high.cost_pct < low.cost_pct - 10
     assert high.exit_fractions[0] > 0.5  # a non-trivial share stops before the last stage
+
+
+@pytest.mark.slow
+def test_budget_mode_keeps_the_expected_cost_within_the_budget(warm_cascade):
+    """Dual ascent on α (Ours (S), exact estimator): the expected training cost ends within its budget,
+    close to it where the budget binds, and the test cost follows."""
+    model, train, test = warm_cascade
+    data = DataLoader(train.dataset, batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(1))
+    runs = {}
+    for budget in (50.0, 90.0):
+        cascade = copy.deepcopy(model)
+        torch.manual_seed(0)
+        joint = OptimConfig(optimizer="adam", warmup_epochs=0, joint_epochs=3, freeze_classifiers=True, policy_lr=1e-3)
+        objective = ObjectiveConfig(alpha=0.05, estimator="exact", budget=budget, dual_lr=0.02)
+        last = fit(cascade, data, joint, objective, eval_loader=test, eval_config=EvalConfig(tau=0.5), progress=False)[-1]
+        runs[budget] = last
+        print(f"\nbudget={budget}: alpha_end={last['train']['alpha_end']:.4f} expected={100 * last['train']['expected_cost']:.1f}% "
+              f"test cost={last['eval'].cost_pct:.1f}% acc={last['eval'].accuracy:.3f}")
+        assert 100 * last["train"]["expected_cost"] <= budget + 5
+    assert 100 * runs[90.0]["train"]["expected_cost"] > 80  # the loose budget binds: α > 0 holds it there
+    assert runs[90.0]["train"]["alpha_end"] > 0
+    assert runs[50.0]["eval"].cost_pct < runs[90.0]["eval"].cost_pct - 15
+    assert runs[50.0]["eval"].accuracy > 0.7

@@ -59,6 +59,10 @@ def test_budget_mode_on_trials_and_alpha_proposals():
     assert next_alpha(ours, 50) == pytest.approx((0.03 * 0.01) ** 0.5)  # between the feasible and infeasible α
     assert next_alpha(ours, 10) == pytest.approx(0.3)  # nothing fits: larger α
     assert next_alpha(ours, 95) == pytest.approx(0.001 / 3)  # everything fits: smaller α
+    # a dual-ascent trial is a candidate for the pick, but not a fixed-α point for the bisection
+    dual = {"run_name": "d", "variant": "ours", "alpha": 0.04, "dual_budget": 50, "policy_lr": 0.01, "cost_pct": 45, "accuracy": 0.89}
+    assert budget_choice([*trials, dual], 50)["run_name"] == "d"
+    assert next_alpha([*ours, dual], 50) == next_alpha(ours, 50)
 
 
 # ---- threshold cascade on constructed softmaxes ------------------------------------------------------
@@ -133,7 +137,8 @@ def finished_sweep(tmp_path_factory, small_fashion_mnist_shards, ray_local):
     out = storage / "report"
     overrides = {
         "data.shards": small_fashion_mnist_shards, "data.batch_size": 64, "data.eval_batch_size": 250,
-        "model.classifiers": "[preact_resnet8,preact_resnet14]", "optim.warmup_epochs": 1, "optim.joint_epochs": 1,
+        "model.classifiers": "[preact_resnet8,preact_resnet14]", "objective.budget": "null",
+        "optim.warmup_epochs": 1, "optim.joint_epochs": 1,
         "run.num_workers": 1, "run.storage_path": storage, "run.progress": "false",
         "tracking.tracking_uri": f"sqlite:///{storage}/mlflow.db", "tracking.experiment": "sweep",
         "tracking.log_model": "false",
@@ -154,8 +159,12 @@ def test_sweep_trials_finish_and_nest_under_one_parent(finished_sweep):
     assert len(parents) == 1
     pid = parents[0].info.run_id
     children = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{pid}'")
-    assert len(children) == 2
-    assert sorted(c.data.params["objective.alpha"] for c in children) == ["0.001", "0.3"]
+    assert len(children) == 3  # the 2 × 1 grid, and budget mode's dual-ascent trial
+    grid = [c for c in children if c.data.params["objective.budget"] == "None"]
+    assert sorted(c.data.params["objective.alpha"] for c in grid) == ["0.001", "0.3"]
+    (dual,) = [c for c in children if c.data.params["objective.budget"] != "None"]
+    assert dual.data.params["objective.budget"] == "80.0"
+    assert dual.data.metrics["train_alpha_end"] != float(dual.data.params["objective.alpha"])  # α moved
     for c in children:
         assert c.data.params["optim.policy_lr"] == "0.01"
         assert c.data.params["run.warm_start"] not in ("None", "")  # started from the shared warm-up
@@ -164,21 +173,21 @@ def test_sweep_trials_finish_and_nest_under_one_parent(finished_sweep):
         assert {"cost_pct", "exit_frac_stage0", "train_baseline"} <= set(c.data.metrics)
     artifacts = {a.path for a in client.list_artifacts(pid)}
     assert {"report.md", "report.json", "trials.csv", "tradeoff.png"} <= artifacts
-    assert parents[0].data.metrics["n_trials"] == 2
+    assert parents[0].data.metrics["n_trials"] == 3
 
 
 def test_sweep_report_pareto_and_baselines_are_correct(finished_sweep):
     rc, storage, out = finished_sweep
     report = json.loads((out / "report.json").read_text())
     trials = report["trials"]
-    assert len(trials) == 2 and {t["alpha"] for t in trials} == {0.001, 0.3}
+    assert len(trials) == 3 and {t["alpha"] for t in trials if t["dual_budget"] is None} == {0.001, 0.3}
     # the Pareto artifact is exactly the non-dominated trials
     expected = pareto_front([Point(t["cost_pct"], t["accuracy"], t["run_name"]) for t in trials])
     assert [p["label"] for p in report["pareto_front"]] == [p.label for p in expected]
     rows = list(csv.DictReader((out / "trials.csv").open()))
     assert {r["run_name"]: r["on_pareto_front"] == "True" for r in rows} == {t["run_name"]: t["run_name"] in {p.label for p in expected} for t in trials}
     # a larger α never costs more here (it weights cost more)
-    by_alpha = {t["alpha"]: t for t in trials}
+    by_alpha = {t["alpha"]: t for t in trials if t["dual_budget"] is None}
     assert by_alpha[0.3]["cost_pct"] <= by_alpha[0.001]["cost_pct"] + 1e-6
     # baselines: both static classifiers, and a threshold curve from the first stage's cost to 100 %
     assert [s["name"] for s in report["static"]] == ["preact_resnet8", "preact_resnet14"]
@@ -189,7 +198,10 @@ def test_sweep_report_pareto_and_baselines_are_correct(finished_sweep):
     assert all(0 <= r["accuracy"] <= 1 for r in th)
     assert {m["method"] for m in report["matches"]} == {"Ours", "Confidence-threshold cascade"}
     assert report["warmup"]["shared"] and report["warmup"]["saved_s"] > 0
-    assert report["budget"]["budget_pct"] == 80
+    assert report["budget"]["budget_pct"] == 80 and "dual-ascent" in report["budget"]["method"]
+    chosen = report["budget"]["chosen"]
+    assert chosen is None or (chosen["cost_pct"] <= 80 and chosen["accuracy"] == max(
+        t["accuracy"] for t in trials if t["variant"] == "ours" and t["cost_pct"] <= 80))
     md = (out / "report.md").read_text()
     lines = md.splitlines()
     assert lines[5].startswith("python tuning/sweep_alpha.py --config demo") and lines[8].startswith("Wall-clock:")

@@ -1,15 +1,17 @@
 """Classifier registry, stopping policy and cascade."""
 
 from . import imagenet, preact_resnet, wide_resnet  # noqa: F401  (register the entry points)
-from .cascade import Cascade, CascadeOutput
+from .cascade import Cascade, CascadeOutput, StageOutput, stage_forward
 from .policy import StoppingPolicy
 from .registry import create_classifier, list_classifiers, register_classifier
 
 __all__ = [
     "Cascade",
     "CascadeOutput",
+    "StageOutput",
     "StoppingPolicy",
     "create_classifier",
     "list_classifiers",
     "register_classifier",
+    "stage_forward",
 ]

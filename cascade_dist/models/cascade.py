@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Iterator, NamedTuple, Sequence
 
 import torch
 from torch import nn
@@ -19,20 +19,41 @@ class CascadeOutput:
 
     log_probs: (N, K, C) log-softmax of each classifier C_t.
     stop_probs: (N, K) π_t(stop | s_t); the last column is exactly 1 (the last stage always stops).
+    stop_log_odds: (N, K) log π_t(stop) − log π_t(continue), +inf in the last column: what the
+        test-time rule compares with logit τ (π itself saturates at 1.0 in float32).
     """
 
     log_probs: torch.Tensor
     stop_probs: torch.Tensor
+    stop_log_odds: torch.Tensor | None = None
 
 
 torch.export.register_dataclass(CascadeOutput, serialized_type_name="cascade_dist.CascadeOutput")
+
+
+class StageOutput(NamedTuple):
+    """One stage on a batch: C_t's log-softmax (N, C), π_t(stop) (N,) and its log-odds (N,)."""
+
+    log_probs: torch.Tensor
+    stop_prob: torch.Tensor
+    stop_log_odds: torch.Tensor
+
+
+def stage_forward(classifier: nn.Module, policy: nn.Module | None, images: torch.Tensor) -> StageOutput:
+    """Stage t of the cascade; `policy=None` is the last stage (π = 1, log-odds = +inf)."""
+    log_probs = torch.log_softmax(classifier(images), dim=-1)
+    if policy is None:
+        ones = torch.ones_like(log_probs[:, 0])
+        return StageOutput(log_probs, ones, torch.full_like(ones, float("inf")))
+    log_pi = policy(log_probs.exp())
+    return StageOutput(log_probs, log_pi[:, StoppingPolicy.STOP].exp(), StoppingPolicy.log_odds(log_pi))
 
 
 class Cascade(nn.Module):
     """K ≥ 2 registered classifiers, K-1 stopping policies, and the per-stage cost vector.
 
     Training runs every stage on every image (`forward`); real early exit is the predictor's job
-    and uses `stage` one stage at a time.
+    (`cascade_dist.predictor`) and uses `run_stage` one stage at a time.
     """
 
     def __init__(
@@ -70,20 +91,17 @@ class Cascade(nn.Module):
     def num_stages(self) -> int:
         return len(self.classifiers)
 
+    def run_stage(self, t: int, images: torch.Tensor) -> StageOutput:
+        """Stage t alone on `images`: what the early-exit predictor runs on the images still going."""
+        return stage_forward(self.classifiers[t], self.policies[t] if t < self.num_stages - 1 else None, images)
+
     def stage(self, t: int, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """C_t's log-softmax (N, C) and π_t(stop) (N,) on `images`; π = 1 at the last stage."""
-        log_probs = torch.log_softmax(self.classifiers[t](images), dim=-1)
-        if t == self.num_stages - 1:
-            return log_probs, torch.ones_like(log_probs[:, 0])
-        stop = self.policies[t](log_probs.exp())[:, StoppingPolicy.STOP].exp()
-        return log_probs, stop
+        return self.run_stage(t, images)[:2]
 
     def forward(self, images: torch.Tensor) -> CascadeOutput:
-        outs = [self.stage(t, images) for t in range(self.num_stages)]
-        return CascadeOutput(
-            log_probs=torch.stack([lp for lp, _ in outs], dim=1),
-            stop_probs=torch.stack([sp for _, sp in outs], dim=1),
-        )
+        outs = [self.run_stage(t, images) for t in range(self.num_stages)]
+        return CascadeOutput(*(torch.stack(parts, dim=1) for parts in zip(*outs)))
 
     def classifier_parameters(self) -> Iterator[nn.Parameter]:
         return self.classifiers.parameters()

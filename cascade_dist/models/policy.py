@@ -39,3 +39,12 @@ class StoppingPolicy(nn.Module):
         if self.sort_input:
             class_probs = class_probs.sort(dim=-1, descending=True).values
         return torch.log_softmax(self.net(class_probs), dim=-1)
+
+    @classmethod
+    def log_odds(cls, log_pi: torch.Tensor) -> torch.Tensor:
+        """log π(stop) − log π(continue) from `forward`'s output, (N,).
+
+        Never saturates, unlike π(stop) itself (which is exactly 1.0 in float32 from log-odds ≈ 17
+        on): the test-time rule π ≥ τ is applied as log-odds ≥ logit τ (`evaluate.log_odds_thresholds`).
+        """
+        return log_pi[:, cls.STOP] - log_pi[:, cls.CONTINUE]
