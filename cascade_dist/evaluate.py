@@ -171,9 +171,8 @@ class CascadeEvaluator:
         self.macs = macs
         k = len(macs.classifier)
         self.theta = log_odds_thresholds(self.config.tau, k, theta)
-        self.taus = thresholds(self.config.tau, k) if theta is None else None
+        self.tau = thresholds(self.config.tau, k)[:-1].tolist() if theta is None else sigmoid(self.theta[:-1].tolist())
         self.sweep_taus = list(self.config.sweep)
-        self.sweep_thresholds = [thresholds(t, k) for t in self.sweep_taus]
         self.sweep_theta = [log_odds_thresholds(t, k) for t in self.sweep_taus]
         self.cum_macs = macs.cumulative_macs()
         self.num_classes = 0
@@ -193,15 +192,13 @@ class CascadeEvaluator:
         self, log_probs: torch.Tensor, stop_probs: torch.Tensor, targets: torch.Tensor,
         stop_log_odds: torch.Tensor | None = None,
     ) -> None:
-        """One batch of dense outputs; with `stop_log_odds` the rule is d ≥ θ, else π ≥ τ."""
+        """One batch of dense outputs. The rule is d ≥ θ on the model's stop log-odds; without them
+        d = logit π (the same rule, blind only where π rounds to 0 or 1)."""
         log_probs, stop_probs, targets = (x.detach().float().cpu() for x in (log_probs, stop_probs, targets))
-        if stop_log_odds is not None:
-            stop_log_odds = stop_log_odds.detach().float().cpu()
-            exits = first_stop_log_odds(stop_log_odds, self.theta)
-        elif self.taus is None:
-            raise ValueError("log-odds thresholds (theta) need the model's stop_log_odds")
-        else:
-            exits = first_stop(stop_probs, self.taus)
+        if stop_log_odds is None:
+            stop_log_odds = stop_probs.double().log() - (-stop_probs.double()).log1p()
+        stop_log_odds = stop_log_odds.detach().cpu()
+        exits = first_stop_log_odds(stop_log_odds, self.theta)
         probs = cascade_probs(log_probs, stop_probs, exits, self.config.ensemble)
         onehot = torch.nn.functional.one_hot(exits, stop_probs.shape[1]).double()
         static_hits = _hits(log_probs, targets, 1).double()  # (N, K)
@@ -214,8 +211,8 @@ class CascadeEvaluator:
         s["exits"] += onehot.sum(0)
         s["static_correct"] += static_hits.sum(0)
         s["matrix_correct"] += static_hits.T @ onehot
-        for i, (taus, theta) in enumerate(zip(self.sweep_thresholds, self.sweep_theta)):
-            ex = first_stop(stop_probs, taus) if stop_log_odds is None else first_stop_log_odds(stop_log_odds, theta)
+        for i, theta in enumerate(self.sweep_theta):
+            ex = first_stop_log_odds(stop_log_odds, theta)
             s["sweep_correct"][i] += _hits(cascade_probs(log_probs, stop_probs, ex, self.config.ensemble), targets, 1).sum()
             s["sweep_macs"][i] += self.cum_macs[ex].sum()
 
@@ -237,7 +234,7 @@ class CascadeEvaluator:
         ]
         return EvalReport(
             num_samples=int(n),
-            tau=self.taus[:-1].tolist() if self.taus is not None else sigmoid(self.theta[:-1].tolist()),
+            tau=self.tau,
             accuracy=float(s["correct"]) / n,
             top5_accuracy=float(s["correct5"]) / n if self.num_classes >= 5 else None,
             cost_pct=100 * macs / ref,

@@ -108,5 +108,8 @@ def test_evaluator_takes_log_odds_thresholds():
     ev.update(lp, torch.sigmoid(d), torch.zeros(3, dtype=torch.long), d)
     rep = ev.compute()
     assert rep.exit_fractions == [1 / 3, 0.0, 2 / 3] and rep.tau[0] == pytest.approx(1.0)
-    with pytest.raises(ValueError, match="need the model's stop_log_odds"):
-        ev.update(lp, torch.sigmoid(d), torch.zeros(3, dtype=torch.long))
+    # without the model's log-odds they come from π, which is 1.0 in float32 for both d = 20 and
+    # d = 17: θ = 18 can no longer tell them apart (the reason the rule reads log-odds)
+    blind = CascadeEvaluator(MACS, EvalConfig(sweep=[0.5]), theta=[18.0])
+    blind.update(lp, torch.sigmoid(d), torch.zeros(3, dtype=torch.long))
+    assert blind.compute().exit_fractions == [2 / 3, 0.0, 1 / 3]
