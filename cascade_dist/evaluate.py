@@ -60,15 +60,14 @@ def thresholds(tau: float | Sequence[float] | torch.Tensor, num_stages: int, dev
 
 
 def exit_stages(stop_probs: torch.Tensor, tau) -> torch.Tensor:
-    """Index of the first stage with π_t ≥ τ_t, shape (N,)."""
-    return first_stop(stop_probs, thresholds(tau, stop_probs.shape[1], stop_probs.device))
+    """Index of the first stage with π_t ≥ τ_t, shape (N,) (applied as logit π_t ≥ logit τ_t)."""
+    return first_stop_log_odds(log_odds_of(stop_probs), log_odds_thresholds(tau, stop_probs.shape[1]))
 
 
-def first_stop(stop_probs: torch.Tensor, taus: torch.Tensor) -> torch.Tensor:
-    """`exit_stages` with the (K,) thresholds already checked."""
-    hit = stop_probs >= taus
-    hit[:, -1] = True
-    return hit.int().argmax(dim=1)
+def log_odds_of(stop_probs: torch.Tensor) -> torch.Tensor:
+    """logit π in float64, for outputs that carry no log-odds of their own (±inf where π is 0 or 1)."""
+    p = stop_probs.detach().double().cpu()
+    return p.log() - (-p).log1p()
 
 
 def log_odds_thresholds(
@@ -195,9 +194,7 @@ class CascadeEvaluator:
         """One batch of dense outputs. The rule is d ≥ θ on the model's stop log-odds; without them
         d = logit π (the same rule, blind only where π rounds to 0 or 1)."""
         log_probs, stop_probs, targets = (x.detach().float().cpu() for x in (log_probs, stop_probs, targets))
-        if stop_log_odds is None:
-            stop_log_odds = stop_probs.double().log() - (-stop_probs.double()).log1p()
-        stop_log_odds = stop_log_odds.detach().cpu()
+        stop_log_odds = log_odds_of(stop_probs) if stop_log_odds is None else stop_log_odds.detach().cpu()
         exits = first_stop_log_odds(stop_log_odds, self.theta)
         probs = cascade_probs(log_probs, stop_probs, exits, self.config.ensemble)
         onehot = torch.nn.functional.one_hot(exits, stop_probs.shape[1]).double()

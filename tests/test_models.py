@@ -113,7 +113,7 @@ def test_cascade_shapes_and_costs(names):
     assert cascade.macs.policy[:-1] == (10 * 64 + 64 * 64 + 64 * 2,) * (k - 1) and cascade.macs.policy[-1] == 0
     assert cascade.macs.cumulative_macs()[-1] == sum(cascade.macs.stage)
     for t in range(k):  # one stage at a time gives the same as the full forward
-        lp, sp = cascade.eval().stage(t, torch.ones(2, 3, 32, 32))
+        lp, sp, _ = cascade.eval().run_stage(t, torch.ones(2, 3, 32, 32))
         full = cascade(torch.ones(2, 3, 32, 32))
         assert torch.allclose(lp, full.log_probs[:, t]) and torch.allclose(sp, full.stop_probs[:, t])
 

@@ -95,10 +95,6 @@ class Cascade(nn.Module):
         """Stage t alone on `images`: what the early-exit predictor runs on the images still going."""
         return stage_forward(self.classifiers[t], self.policies[t] if t < self.num_stages - 1 else None, images)
 
-    def stage(self, t: int, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """C_t's log-softmax (N, C) and π_t(stop) (N,) on `images`; π = 1 at the last stage."""
-        return self.run_stage(t, images)[:2]
-
     def forward(self, images: torch.Tensor) -> CascadeOutput:
         outs = [self.run_stage(t, images) for t in range(self.num_stages)]
         return CascadeOutput(*(torch.stack(parts, dim=1) for parts in zip(*outs)))
