@@ -34,10 +34,10 @@ import time
 
 import torch
 
-from cascade_dist.calibration import calibrate, collect_outputs
-from cascade_dist.checkpoint import find_checkpoint, load_cascade
 from cascade_dist.data import make_loader
-from cascade_dist.predictor import CascadePrediction, CascadePredictor
+from cascade_dist.inference.calibration import calibrate, collect_outputs
+from cascade_dist.inference.predictor import CascadePrediction, CascadePredictor
+from cascade_dist.inference.weights import load_cascade
 
 
 class Timer:
@@ -94,15 +94,16 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
 
-    model, cfg, ckpt = load_cascade(find_checkpoint(args.checkpoint))
+    loaded = load_cascade(args.checkpoint)
+    model, ckpt = loaded.model, loaded.checkpoint
     model.to(device)
-    batches = load_images(args.shards or cfg.data.shards, args.split, args.images, args.batch_size, device)
+    batches = load_images(args.shards or loaded.data_config.shards, args.split, args.images, args.batch_size, device)
     n = sum(len(b) for b in batches)
     if args.budget is not None:
         outputs, targets = collect_outputs(model, [(b, torch.zeros(len(b), dtype=torch.long)) for b in batches], device)
         predictor = CascadePredictor(model, theta=calibrate(outputs, targets, model.macs, budget=args.budget).theta)
     else:
-        predictor = CascadePredictor(model, tau=args.tau or cfg.eval.tau, ensemble=cfg.eval.ensemble)
+        predictor = CascadePredictor(model, tau=args.tau or loaded.eval_config.tau, ensemble=loaded.eval_config.ensemble)
     timer = Timer(device)
 
     with torch.inference_mode():

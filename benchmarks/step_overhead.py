@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from cascade_dist.models import Cascade
-from cascade_dist.objective import ObjectiveConfig
-from cascade_dist.training import LocalEngine, OptimConfig, build_optimizer, training_step
+from cascade_dist.method.objective import ObjectiveConfig
+from cascade_dist.method.training import LocalEngine, OptimConfig, build_optimizer, training_step
 
 
 def time_call(fn, repeats: int) -> float:

@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--out", type=Path, required=True, help="output folder (gets train/, test/, val/)")
         s.add_argument("--val-split", type=int, default=0, metavar="N",
                        help="hold out N training images (stratified by class, seeded) as val/")
+        s.add_argument("--train-limit", type=int, metavar="N",
+                       help="keep a stratified, seeded subset of N training images (after --val-split)")
         s.add_argument("--shard-size", type=int, metavar="N",
                        help=f"samples per shard (default {SHARD_SIZES.get(name, DEFAULT_SHARD_SIZE)})")
         s.add_argument("--seed", type=int, default=0, help="seed of the val hold-out and train shuffle")
@@ -77,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             convert(args.command, args.src, args.out, val_split=args.val_split, shard_size=args.shard_size,
                     seed=args.seed, force=args.force, on_error=args.on_error, name=args.name, progress=True,
+                    train_limit=args.train_limit,
                     log=lambda msg: print(msg, flush=True))
     except (ShardError, OSError, ValueError) as e:
         print(f"data_shards: error: {' '.join(str(e).split())}", file=sys.stderr)

@@ -76,8 +76,12 @@ def _check_out(out: Path, dataset: str, splits: list[str], force: bool) -> None:
 
 def convert(source: str, src: str | Path | None, out: str | Path, *, val_split: int = 0,
             shard_size: int | None = None, seed: int = 0, force: bool = False, on_error: str = "raise",
-            name: str | None = None, progress: bool = False, log=print) -> dict[str, Manifest]:
-    """Convert `source` (a name in `data_shards.sources.SOURCES`) at `src` into shards under `out`."""
+            name: str | None = None, progress: bool = False, log=print,
+            train_limit: int | None = None) -> dict[str, Manifest]:
+    """Convert `source` (a name in `data_shards.sources.SOURCES`) at `src` into shards under `out`.
+
+    `train_limit`: keep only a stratified, seeded subset of that many training images (after the
+    val hold-out), for runs sized to a small machine."""
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     if src is None:
@@ -96,6 +100,12 @@ def convert(source: str, src: str | Path | None, out: str | Path, *, val_split: 
     train = opened.splits["train"]
     held = stratified_holdout(train.labels, val_split, rng) if val_split else np.empty(0, int)
     rest = np.setdiff1d(np.arange(len(train)), held)
+    if train_limit is not None:
+        if not 0 < train_limit <= len(rest):
+            raise ValueError(f"--train-limit must lie in [1, {len(rest)}] (training images after the val split), "
+                             f"got {train_limit}")
+        if train_limit < len(rest):
+            rest = rest[stratified_holdout(train.labels[rest], train_limit, rng)]
     plan = {"train": (train, rng.permutation(rest))}
     if val_split:
         plan["val"] = (train, held)

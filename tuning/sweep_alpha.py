@@ -3,7 +3,7 @@
 Ray Tune sweep over the cost weight α × policy learning rate (and Ours / Ours (S)): a shared
 warm-up, one training run per trial (a `TorchTrainer`, the same code path as
 `python -m cascade_dist.train`), MLflow parent/child runs, the Pareto front and a Table-2 report.
-Runs locally or under `ray job submit -- python tuning/sweep_alpha.py ...`. See cascade_dist/sweep.py.
+Runs locally or under `ray job submit -- python tuning/sweep_alpha.py ...`. See cascade_dist/sweep/.
 """
 
 import sys
@@ -11,7 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root (ray job --working-dir)
 
-from cascade_dist.sweep import main  # noqa: E402
+from cascade_dist.sweep.driver import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

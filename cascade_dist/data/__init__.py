@@ -19,10 +19,12 @@ from pathlib import Path
 import torch
 
 from .augment import AugmentSpec, Normalization, default_augment, resolve_augment
+from .config import DataConfig
 from .contract import BACKENDS, ON_ERROR, DataError, Loader, open_split
 
 __all__ = [
     "AugmentSpec",
+    "DataConfig",
     "DataError",
     "Loader",
     "Normalization",

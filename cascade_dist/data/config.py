@@ -1,0 +1,38 @@
+"""The `data` config section: which shards, which loader backend, and the batch sizes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..method.sections import Problem, Section
+from .contract import BACKENDS, ON_ERROR
+
+
+@dataclass
+class DataConfig(Section):
+    """Shards written by `python -m data_shards` and the loader over them."""
+
+    shards: str = "shards/fashion-mnist"
+    backend: str = "dali"
+    batch_size: int = 128
+    """Per worker; the global batch is batch_size × num_workers."""
+    eval_batch_size: int = 256
+    eval_split: str = "test"
+    calibration_split: str = "val"
+    """Held-out split on which budget mode calibrates the test-time thresholds (when the shards have it)."""
+    loader_workers: int = 1
+    augment: bool = True
+    on_error: str = "raise"
+
+    def problems(self) -> list[Problem]:
+        out = []
+        if self.backend not in BACKENDS:
+            out.append(("backend", f"expected 'dali' or 'torch', got {self.backend!r}"))
+        if self.on_error not in ON_ERROR:
+            out.append(("on_error", f"expected 'raise' or 'skip', got {self.on_error!r}"))
+        for key in ("batch_size", "eval_batch_size"):
+            if getattr(self, key) < 1:
+                out.append((key, f"must be >= 1, got {getattr(self, key)}"))
+        if self.loader_workers < 0:
+            out.append(("loader_workers", f"must be >= 0, got {self.loader_workers}"))
+        return out

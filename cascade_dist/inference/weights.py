@@ -1,0 +1,106 @@
+"""The one weights loader: a trained cascade from a checkpoint or run directory, without DeepSpeed.
+
+Every checkpoint the runtime writes (`runtime.checkpoint`) holds, beside DeepSpeed's own files
+(for resuming), `cascade.pt`: the cascade's state dict as plain tensors, and `config.yaml`: the
+run's resolved config. Rebuilding needs only the config's `model`, `eval` and `data` sections and
+`torch.load(weights_only=True)`: nothing is unpickled and no DeepSpeed, Ray or MLflow is imported.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from ..data.config import DataConfig
+from ..method.evaluate import EvalConfig
+from ..method.models import Cascade, ModelConfig
+
+WEIGHTS_FILE = "cascade.pt"
+CONFIG_FILE = "config.yaml"
+
+
+@dataclass
+class LoadedCascade:
+    """A cascade rebuilt from a checkpoint (eval mode), the config sections it was trained with,
+    and the checkpoint directory it came from."""
+
+    model: Cascade
+    model_config: ModelConfig
+    eval_config: EvalConfig
+    data_config: DataConfig
+    checkpoint: Path
+
+
+def save_weights(model: torch.nn.Module, directory: str | Path) -> Path:
+    """Write `model`'s state dict as `cascade.pt` in `directory`, atomically (temporary name, then
+    `os.replace`), with every tensor copied to the CPU."""
+    path = Path(directory) / WEIGHTS_FILE
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def find_checkpoint(path: str | Path) -> Path:
+    """`path` itself if it holds `cascade.pt`, else the newest `checkpoint_*` directory of a run
+    directory (`runs/<name>`) that holds one."""
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"checkpoint not found: {path} is not a directory")
+    if (path / WEIGHTS_FILE).is_file():
+        return path
+    found = sorted(p for p in path.glob("checkpoint_*") if (p / WEIGHTS_FILE).is_file())
+    if not found:
+        raise FileNotFoundError(f"checkpoint not found: no {WEIGHTS_FILE} in {path} or its checkpoint_* "
+                                f"directories (expected a Ray checkpoint directory or a run directory holding some)")
+    return found[-1]
+
+
+def checkpoint_config(checkpoint: Path) -> Path:
+    """The run's resolved `config.yaml`: in the checkpoint directory, else in its run directory."""
+    for candidate in (checkpoint / CONFIG_FILE, checkpoint.parent / CONFIG_FILE):
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"no {CONFIG_FILE} in {checkpoint} or {checkpoint.parent}: cannot rebuild the cascade")
+
+
+def read_sections(config_file: Path) -> tuple[ModelConfig, EvalConfig, DataConfig]:
+    """The `model`, `eval` and `data` sections of a run's config.yaml, each built (and checked) by its class."""
+    try:
+        tree = OmegaConf.load(config_file)
+        out = []
+        for name, cls in (("model", ModelConfig), ("eval", EvalConfig), ("data", DataConfig)):
+            node = OmegaConf.merge(OmegaConf.structured(cls), tree.get(name) or {})
+            out.append(OmegaConf.to_object(node))
+    except (OmegaConfBaseException, ValueError, OSError) as err:
+        raise ValueError(f"{config_file}: {str(err).splitlines()[0]}") from None
+    return tuple(out)
+
+
+def load_weights(model: torch.nn.Module, file: Path) -> torch.nn.Module:
+    """Load a `cascade.pt` state dict into `model` (weights only; errors name the file)."""
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 (torch raises many kinds for a bad file)
+        raise ValueError(f"{file}: not a weights-only state dict ({str(err).strip().splitlines()[0]})") from None
+    if not isinstance(state, dict):
+        raise ValueError(f"{file}: expected a state dict, got {type(state).__name__}")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise ValueError(f"{file} does not fit the cascade: {str(err).splitlines()[0]}") from None
+    return model
+
+
+def load_cascade(path: str | Path) -> LoadedCascade:
+    """The cascade of a checkpoint or run directory, in eval mode, with the sections it was trained with."""
+    checkpoint = find_checkpoint(path)
+    model_cfg, eval_cfg, data_cfg = read_sections(checkpoint_config(checkpoint))
+    model_cfg.weights = None  # the checkpoint holds every weight: no per-classifier files needed
+    model = load_weights(model_cfg.build(), checkpoint / WEIGHTS_FILE)
+    return LoadedCascade(model.eval(), model_cfg, eval_cfg, data_cfg, checkpoint)

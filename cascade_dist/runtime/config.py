@@ -1,0 +1,246 @@
+"""The run's configuration: one tree of typed dataclasses, loaded with OmegaConf.
+
+`load_config(file, overrides)` merges, in order: the dataclass defaults, a YAML file (a shipped
+name such as `demo` or a path) and `dotted.key=value` overrides; then `validate` checks the whole
+tree (fields, the classifier registry, the shards' manifests) and reports every bad field as one
+line naming its dotted key, before any worker starts.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field, fields
+from importlib import resources
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from ..data.config import DataConfig
+from ..method.evaluate import EvalConfig
+from ..method.exit_rule import ExitRule
+from ..method.models import ModelConfig
+from ..method.objective import ObjectiveConfig
+from ..method.sections import ConfigFieldError, Problem, Section
+from ..method.training import OptimConfig
+
+CONFIG_PACKAGE = "cascade_dist.configs"
+DEFAULT_CONFIG = "demo"
+
+
+@dataclass
+class RunConfig(Section):
+    """Ray Train, DeepSpeed and checkpointing."""
+
+    name: str = "demo"
+    storage_path: str = "runs"
+    num_workers: int = 2
+    use_gpu: bool = False
+    cpus_per_worker: int = 1
+    zero_stage: int = 0
+    bf16: bool = False
+    """bf16 mixed precision (GPU workers only)."""
+    seed: int = 0
+    max_failures: int = 0
+    checkpoints_to_keep: int = 2
+    progress: bool = True
+    fail_at_epoch: Optional[int] = None
+    """Fault injection for tests: a worker dies once, early in the epoch after this one."""
+    control: bool = False
+    """Also train the static control and print it beside the cascade (`runtime.control`): the
+    warm-up runs once as `<name>-warmup`, then the cascade's joint epochs (`<name>`) and, from the same
+    checkpoint, the classifiers alone for the same total number of epochs (`<name>-static`)."""
+    warm_start: Optional[str] = None
+    """A checkpoint directory of a warm-up-only run (`optim.joint_epochs=0`): a new run (no state
+    of its own under `run.name`) starts from its weights at its epoch + 1, with this run's LRs and
+    a new MLflow run. Resuming a run of the same name takes precedence (the Tune sweep's shared warm-up)."""
+
+    def problems(self) -> list[Problem]:
+        out = []
+        if self.num_workers < 1:
+            out.append(("num_workers", f"must be >= 1, got {self.num_workers}"))
+        if self.zero_stage not in (0, 1, 2):
+            out.append(("zero_stage", f"expected 0, 1 or 2, got {self.zero_stage}"))
+        if self.bf16 and not self.use_gpu:
+            out.append(("bf16", "bf16 needs run.use_gpu=true (CPU workers train in float32)"))
+        if self.max_failures < -1:
+            out.append(("max_failures", f"must be >= -1 (-1 = forever), got {self.max_failures}"))
+        if self.checkpoints_to_keep < 1:
+            out.append(("checkpoints_to_keep", f"must be >= 1, got {self.checkpoints_to_keep}"))
+        if not self.name or "/" in self.name:
+            out.append(("name", f"must be a non-empty name without '/', got {self.name!r}"))
+        return out
+
+
+@dataclass
+class TrackingConfig(Section):
+    """MLflow, written from rank 0."""
+
+    enabled: bool = True
+    tracking_uri: Optional[str] = None
+    """None: $MLFLOW_TRACKING_URI, else a local sqlite store under the run directory."""
+    experiment: str = "cascade_dist"
+    log_model: bool = True
+    parent_run_id: Optional[str] = None
+    """Nest this run under a parent (set by the Tune sweep)."""
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+
+SECTIONS = tuple(f.name for f in fields(Config))
+
+
+class ConfigError(ValueError):
+    """One or more bad fields; `str()` has one line per field, each naming its dotted key."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+    def print_lines(self, prog: str) -> int:
+        """Print one `prog: config error: ...` line per problem to stderr; returns exit code 2."""
+        for problem in self.problems:
+            print(f"{prog}: config error: {problem}", file=sys.stderr)
+        return 2
+
+
+def shipped_configs() -> list[str]:
+    """Names of the YAML configs shipped in cascade_dist/configs."""
+    return sorted(p.name[:-5] for p in resources.files(CONFIG_PACKAGE).iterdir() if p.name.endswith(".yaml"))
+
+
+def config_path(name_or_path: str | Path) -> Path:
+    """A shipped config name (`demo`) or a YAML path."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise ConfigError([f"config file not found: {path}"])
+        return path
+    shipped = resources.files(CONFIG_PACKAGE) / f"{name_or_path}.yaml"
+    if not shipped.is_file():
+        raise ConfigError([f"unknown config {str(name_or_path)!r}; shipped: {', '.join(shipped_configs())}"])
+    return Path(str(shipped))
+
+
+def _one_line(err: OmegaConfBaseException) -> str:
+    key = getattr(err, "full_key", None)
+    msg = str(err).strip().splitlines()[0]
+    return f"{key}: {msg}" if key else msg
+
+
+def load_config(file: str | Path | None = DEFAULT_CONFIG, overrides: list[str] = (), check_data: bool = True) -> Config:
+    """Defaults ← YAML ← `key=value` overrides, validated; raises ConfigError listing bad fields."""
+    schema = OmegaConf.structured(Config)
+    try:
+        layers = [schema]
+        if file is not None:
+            layers.append(OmegaConf.load(config_path(file)))
+        bad = [o for o in overrides if "=" not in o]
+        if bad:
+            raise ConfigError([f"override {o!r} is not of the form dotted.key=value" for o in bad])
+        layers.append(OmegaConf.from_dotlist(list(overrides)))
+        merged = OmegaConf.merge(*layers)
+    except OmegaConfBaseException as err:
+        raise ConfigError([_one_line(err)]) from None
+    return validate(merged, check_data=check_data)
+
+
+def to_container(cfg: Config) -> dict[str, Any]:
+    """The resolved config as plain dicts and lists (for YAML, MLflow params, Ray)."""
+    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+
+
+def from_container(data: dict[str, Any]) -> Config:
+    """Inverse of `to_container` (a worker rebuilds the typed tree from plain data)."""
+    return validate(OmegaConf.merge(OmegaConf.structured(Config), data), check_data=False)
+
+
+def save_config(cfg: Config, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+    return path
+
+
+def validate(merged, check_data: bool = True) -> Config:
+    """Build the typed tree (each section checks its own fields) and check what spans sections."""
+    problems: list[str] = []
+    sections = {}
+    for name in SECTIONS:
+        try:
+            sections[name] = OmegaConf.to_object(merged[name])
+        except OmegaConfBaseException as err:
+            problems.append(f"{name}: {_one_line(err)}")
+        except ConfigFieldError as err:
+            problems += [f"{name}.{field}: {message}" for field, message in err.problems]
+        except ValueError as err:
+            problems.append(f"{name}: {err}")
+    ok = set(sections)
+    cfg = Config(**sections)  # defaults stand in for bad sections: only checks on valid ones run
+    if {"model", "eval", "objective"} <= ok:
+        problems += _check_model(cfg)
+    if check_data and {"model", "data"} <= ok and not any(p.startswith(("model", "data")) for p in problems):
+        problems += _check_against_manifest(cfg) + _check_warm_start(cfg)
+    if problems:
+        raise ConfigError(problems)
+    return cfg
+
+
+def _check_model(cfg: Config) -> list[str]:
+    """The fields that depend on the cascade: τ per stage, top-k, the budget against the stage costs."""
+    m, out = cfg.model, []
+    try:
+        ExitRule.from_tau(cfg.eval.tau, len(m.classifiers))
+    except ValueError as err:
+        out.append(f"eval.tau: {err}")
+    if cfg.objective.topk > m.num_classes:
+        out.append(f"objective.topk: {cfg.objective.topk} exceeds model.num_classes={m.num_classes}")
+    if cfg.objective.budget is not None:
+        floor = 100 * float(m.macs().costs()[0])
+        if cfg.objective.budget < floor:
+            out.append(f"objective.budget: {cfg.objective.budget} % is below the first stage's cost "
+                       f"({floor:.2f} % of the largest classifier); no stopping policy can meet it")
+    return out
+
+
+def _check_warm_start(cfg: Config) -> list[str]:
+    ws = cfg.run.warm_start
+    if ws is not None and not (Path(ws) / "checkpoint").is_dir():
+        return [f"run.warm_start: no DeepSpeed checkpoint (a 'checkpoint/' folder) under {ws}"]
+    return []
+
+
+def _check_against_manifest(cfg: Config) -> list[str]:
+    from ..data.manifest import Manifest
+
+    shards = Path(cfg.data.shards)
+    if not shards.is_dir():
+        return [f"data.shards: shard directory not found: {shards} (build it with `python -m data_shards`)"]
+    out, manifests = [], {}
+    for split in ("train", cfg.data.eval_split):
+        try:
+            manifests[split] = Manifest.load(shards / split)
+        except (OSError, ValueError) as err:
+            out.append(f"data.shards: {err}")
+    train = manifests.get("train")
+    if train is not None:
+        where = shards / "train" / "manifest.json"
+        if train.num_classes != cfg.model.num_classes:
+            out.append(f"model.num_classes: {cfg.model.num_classes} but {where} has num_classes={train.num_classes}")
+        if train.channels != cfg.model.in_channels:
+            out.append(f"model.in_channels: {cfg.model.in_channels} but {where} has channels={train.channels}")
+        other = manifests.get(cfg.data.eval_split)
+        if other is not None and other.num_classes != train.num_classes:
+            out.append(f"data.eval_split: {shards / cfg.data.eval_split} has {other.num_classes} classes, "
+                       f"train has {train.num_classes}")
+    return out

@@ -1,0 +1,138 @@
+"""`python -m cascade_dist.train [--config NAME|FILE] [dotted.key=value ...]`
+
+Parse and validate the config → launch a Ray `TorchTrainer` whose workers run
+`worker.train_loop_per_worker` → print the summary. The same command runs on a laptop (a local
+Ray instance), under `ray job submit` (it joins the cluster through RAY_ADDRESS) and in a Tune trial.
+A run whose name already has state under `run.storage_path` resumes from its latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import DEFAULT_CONFIG, Config, ConfigError, load_config, save_config, shipped_configs, to_container
+from ..method.evaluate import EvalReport
+
+
+@dataclass
+class TrainResult:
+    report: EvalReport | None
+    checkpoint_path: str | None
+    metrics: dict | None
+    run_dir: Path
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m cascade_dist.train", description=__doc__.split("\n\n")[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=DEFAULT_CONFIG,
+                        help=f"a shipped config ({', '.join(shipped_configs())}) or a YAML file (default: %(default)s)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. objective.alpha=0.05 run.num_workers=4")
+    return parser.parse_args(argv)
+
+
+def run(cfg: Config) -> TrainResult:
+    """Train `cfg` on Ray; returns the final evaluation report and checkpoint."""
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from .worker import train_loop_per_worker
+
+    cfg.run.storage_path = str(Path(cfg.run.storage_path).resolve())
+    cfg.data.shards = str(Path(cfg.data.shards).resolve())
+    run_dir = Path(cfg.run.storage_path) / cfg.run.name
+    done = finished(cfg, run_dir)
+    if done is not None:
+        return done
+    save_config(cfg, run_dir / "config.yaml")
+    if not ray.is_initialized():
+        ray.init(runtime_env={"env_vars": worker_env(cfg)})
+    resources = {"CPU": cfg.run.cpus_per_worker}
+    if cfg.run.use_gpu:
+        resources["GPU"] = 1
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=to_container(cfg),
+        scaling_config=ScalingConfig(num_workers=cfg.run.num_workers, use_gpu=cfg.run.use_gpu, resources_per_worker=resources),
+        torch_config=TorchConfig(backend="nccl" if cfg.run.use_gpu else "gloo"),
+        run_config=RunConfig(
+            name=cfg.run.name,
+            storage_path=cfg.run.storage_path,
+            failure_config=FailureConfig(max_failures=cfg.run.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.run.checkpoints_to_keep),
+        ),
+    )
+    return train_result(trainer.fit(), run_dir)
+
+
+def finished(cfg: Config, run_dir: Path) -> TrainResult | None:
+    """The result of a run already trained to its last epoch with this very config, read back
+    without starting any worker (so `make demo` run again prints its result at once); else None."""
+    from omegaconf import OmegaConf
+    from ray.train import Result
+
+    if not (run_dir / "checkpoint_manager_snapshot.json").is_file() or not (run_dir / "config.yaml").is_file():
+        return None
+    if OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml")) != to_container(cfg):
+        return None
+    try:
+        result = Result.from_path(str(run_dir))
+    except (RuntimeError, OSError, ValueError):
+        return None
+    if (result.metrics or {}).get("epoch") != cfg.optim.epochs - 1:
+        return None
+    return train_result(result, run_dir)
+
+
+def train_result(result, run_dir: Path) -> TrainResult:
+    """The final report (report.json of the last checkpoint), checkpoint and metrics of a Ray result."""
+    report = None
+    if result.checkpoint is not None:
+        with result.checkpoint.as_directory() as ckpt:
+            report_file = Path(ckpt) / "report.json"
+            if report_file.is_file():
+                report = EvalReport(**json.loads(report_file.read_text()))
+    return TrainResult(report, result.checkpoint.path if result.checkpoint else None, result.metrics, run_dir)
+
+
+def worker_env(cfg: Config) -> dict[str, str]:
+    """Environment the workers need (DeepSpeed's accelerator, the tracking store)."""
+    accelerator = os.environ.get("DS_ACCELERATOR", "cuda" if cfg.run.use_gpu else "cpu")
+    env = {"DS_ACCELERATOR": accelerator, "PYTHONUNBUFFERED": "1"}
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        env["MLFLOW_TRACKING_URI"] = os.environ["MLFLOW_TRACKING_URI"]
+    return env
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as err:
+        return err.print_lines("cascade_dist.train")
+    controlled = None
+    if cfg.run.control and cfg.optim.joint_epochs > 0 and cfg.run.warm_start is None:
+        from .control import run_with_control
+
+        controlled = run_with_control(cfg, run)
+        result = controlled.cascade
+    else:
+        result = run(cfg)
+    if result.report is None or (controlled and controlled.static.report is None):
+        print("cascade_dist.train: the run produced no evaluation report", file=sys.stderr)
+        return 1
+    print(f"\n{result.report.table(cfg.model.classifiers)}")
+    if controlled:
+        print(f"\nthe static control, each classifier trained alone for the same epochs:\n{controlled.table(cfg)}")
+    print(f"\ncheckpoint: {result.checkpoint_path}\nrun directory: {result.run_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

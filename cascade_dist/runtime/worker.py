@@ -1,0 +1,214 @@
+"""The Ray Train worker: DeepSpeed engine → warm-up and joint epochs → evaluate → checkpoint → report.
+
+Every worker runs every stage on every image (ZeRO needs the same sub-network on all ranks);
+the REINFORCE baseline's sums and all metrics are all-reduced so every rank uses one global value.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import ray.train
+import torch
+import torch.distributed as dist
+
+from ..data import make_loader
+from ..method.evaluate import evaluate
+from ..method.training import build_optimizer, make_budget, train_epoch
+from .checkpoint import load_engine_state, save_engine_state
+from ..inference.calibration import CALIBRATION_FILE
+from .config import Config, from_container, save_config
+from .operating_point import budget_calibration, describe
+
+FAULT_MARKER = "fault_injected"
+
+
+def deepspeed_config(cfg: Config) -> dict:
+    """The DeepSpeed config, derived from the run's config (never a second file that can drift)."""
+    return {
+        "train_micro_batch_size_per_gpu": cfg.data.batch_size,
+        "gradient_accumulation_steps": 1,
+        "zero_optimization": {"stage": cfg.run.zero_stage},
+        "zero_allow_untested_optimizer": True,
+        "bf16": {"enabled": cfg.run.bf16},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+
+
+def make_all_reduce(device: torch.device):
+    """Sum a tensor over all workers (gloo sums CPU tensors; NCCL needs them on the GPU)."""
+    backend = dist.get_backend() if dist.is_initialized() else None
+    if backend is None:
+        return lambda t: t
+
+    def all_reduce(t: torch.Tensor) -> torch.Tensor:
+        out = t.detach().to(device if backend == "nccl" else "cpu", copy=True)
+        dist.all_reduce(out)
+        return out.to(t.device)
+
+    return all_reduce
+
+
+def average_buffers(module: torch.nn.Module) -> None:
+    """Average the floating-point buffers (BatchNorm running statistics) over all workers, in place.
+
+    DeepSpeed, unlike DDP, never syncs buffers: each rank's BatchNorm statistics follow its own
+    shard, so ranks would evaluate different models and the checkpoint (rank 0's) would hold yet
+    another. After this every rank evaluates, and the checkpoint holds, one model.
+    """
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return
+    world = dist.get_world_size()
+    with torch.no_grad():
+        for buf in module.buffers():
+            if buf.is_floating_point():
+                dist.all_reduce(buf)
+                buf.div_(world)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """Ray Train's per-worker function (`config` is the resolved config as plain data)."""
+    import deepspeed
+
+    cfg = from_container(config)
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = torch.device(f"cuda:{ctx.get_local_rank()}" if cfg.run.use_gpu else "cpu")
+    if cfg.run.use_gpu:
+        torch.cuda.set_device(device)
+    seed_everything(cfg.run.seed)  # identical initial weights on every rank
+
+    model = cfg.model.build()
+    optimizer, scheduler = build_optimizer(model, cfg.optim)
+    deepspeed.init_distributed(dist_backend="nccl" if cfg.run.use_gpu else "gloo")
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=deepspeed_config(cfg))
+    all_reduce = make_all_reduce(device)
+
+    start_epoch, tracking_state, alpha = 0, {}, None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as ckpt_dir:
+            state = load_engine_state(engine, ckpt_dir, scheduler, rank)
+        start_epoch, tracking_state, alpha = state["epoch"] + 1, state["tracking"], state.get("alpha")
+    elif cfg.run.warm_start:
+        same_optimizer = warm_start_optimizer(cfg.run.warm_start) == cfg.optim.optimizer
+        state = load_engine_state(engine, cfg.run.warm_start, scheduler, rank, module_only=not same_optimizer)
+        start_epoch = state["epoch"] + 1  # tracking state not taken: this run gets its own MLflow run
+        scheduler.last_epoch = start_epoch  # (the warm-up's schedule position, also when only its weights load)
+        _reset_learning_rates(scheduler, cfg)
+
+    loader_kw = dict(backend=cfg.data.backend, rank=rank, world_size=world, seed=cfg.run.seed,
+                     num_workers=cfg.data.loader_workers, device=device, on_error=cfg.data.on_error)
+    train_loader = make_loader(cfg.data.shards, "train", cfg.data.batch_size, train=True,
+                               augment=None if cfg.data.augment else False, **loader_kw)
+    eval_loader = make_loader(cfg.data.shards, cfg.data.eval_split, cfg.data.eval_batch_size, train=False, **loader_kw)
+    held_out = None
+    if cfg.objective.budget is not None and (Path(cfg.data.shards) / cfg.data.calibration_split / "manifest.json").is_file():
+        held_out = make_loader(cfg.data.shards, cfg.data.calibration_split, cfg.data.eval_batch_size, train=False,
+                               **loader_kw)
+    generator = torch.Generator(device=device).manual_seed(cfg.run.seed * 1000 + rank)
+    budget = make_budget(cfg.objective, alpha)  # budget mode: α by dual ascent, resumed with the run
+
+    tracker = None
+    if rank == 0 and cfg.tracking.enabled:
+        from .tracking import RunTracker
+
+        tracker = RunTracker(cfg, run_id=tracking_state.get("run_id"))
+
+    report = None
+    for epoch in range(start_epoch, cfg.optim.epochs):
+        _maybe_inject_fault(cfg, epoch, rank)
+        train_loader.set_epoch(epoch)
+        steps: list[dict] = []
+        train_stats = train_epoch(engine, train_loader, epoch, cfg.optim, cfg.objective, all_reduce, generator,
+                                  device, progress=rank == 0 and cfg.run.progress, step_log=steps, budget=budget)
+        scheduler.step()
+        average_buffers(model)
+        calibration = None
+        if held_out is not None and cfg.optim.phase(epoch) == "joint":
+            calibration = budget_calibration(engine, model.macs, held_out, cfg.objective.budget, cfg.eval.ensemble,
+                                             cfg.data.calibration_split, device)
+        report = evaluate(engine, eval_loader, model.macs, cfg.eval, all_reduce, device,
+                          theta=calibration.theta if calibration else None)
+        if calibration:
+            report.operating_point = describe(calibration)
+        metrics = {"epoch": epoch, **{f"train_{k}": v for k, v in _mean_over_workers(train_stats, all_reduce).items()},
+                   **report.metrics()}
+        if tracker:
+            tracker.log_epoch(epoch, metrics)
+        with tempfile.TemporaryDirectory() as tmp:
+            save_engine_state(engine, tmp, scheduler, epoch, rank,
+                              tracking={"run_id": tracker.run_id} if tracker else tracking_state,
+                              alpha=budget.alpha if budget else None)
+            (Path(tmp) / f"steps_rank{rank}_epoch{epoch}.json").write_text(json.dumps(steps))
+            if rank == 0:  # the checkpoint carries what it takes to rebuild and judge the model
+                (Path(tmp) / "report.json").write_text(json.dumps(report.__dict__, indent=1))
+                save_config(cfg, Path(tmp) / "config.yaml")
+                if calibration:
+                    calibration.save(Path(tmp) / CALIBRATION_FILE)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+    if tracker:
+        if report is not None:
+            tracker.log_final(model, report)
+        tracker.end()
+
+
+def warm_start_optimizer(checkpoint: str) -> str | None:
+    """The optimiser of the run that wrote a warm-start checkpoint (from its config.yaml)."""
+    from omegaconf import OmegaConf
+
+    for candidate in (Path(checkpoint) / "config.yaml", Path(checkpoint).parent / "config.yaml"):
+        if candidate.is_file():
+            return OmegaConf.load(candidate).get("optim", {}).get("optimizer")
+    return None
+
+
+def _reset_learning_rates(scheduler, cfg: Config) -> None:
+    """After a warm start: this run's base LRs (the warm-up's were restored with its state)."""
+    bases = [cfg.optim.classifier_lr, cfg.optim.policy_lr]
+    scheduler.base_lrs = bases
+    for group, base, factor in zip(scheduler.optimizer.param_groups, bases, scheduler.lr_lambdas):
+        group["initial_lr"] = base
+        group["lr"] = base * factor(scheduler.last_epoch)
+    scheduler._last_lr = [g["lr"] for g in scheduler.optimizer.param_groups]
+
+
+def _mean_over_workers(stats: dict[str, float], all_reduce) -> dict[str, float]:
+    keys = sorted(stats)
+    values = all_reduce(torch.tensor([float(stats[k]) for k in keys], dtype=torch.float64))
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    out = {k: float(v) / world for k, v in zip(keys, values)}
+    out["images"] = out["images"] * world  # a count: the sum, not the mean
+    out["images_per_s"] = out["images_per_s"] * world
+    return out
+
+
+def _maybe_inject_fault(cfg: Config, epoch: int, rank: int) -> None:
+    """Fault injection for tests: the last rank dies once, mid-run, in the epoch after
+    `run.fail_at_epoch` (whose checkpoint it gives the controller a few seconds to register,
+    while the other ranks start the epoch and wait for it in their first all-reduce)."""
+    if cfg.run.fail_at_epoch is None or epoch != cfg.run.fail_at_epoch + 1:
+        return
+    if rank != ray.train.get_context().get_world_size() - 1:
+        return
+    marker = Path(cfg.run.storage_path).resolve() / cfg.run.name / FAULT_MARKER
+    if marker.exists():
+        return
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(f"worker rank {rank} killed at the start of epoch {epoch}\n")
+    time.sleep(5)
+    os._exit(1)

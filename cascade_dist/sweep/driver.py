@@ -1,0 +1,311 @@
+"""The α sweep behind `python tuning/sweep_alpha.py`: Ray Tune over α × policy LR (× Ours / Ours (S)).
+
+1. One shared warm-up run (cross-entropy only, `optim.joint_epochs=0`): it does not depend on α.
+2. Baselines from its classifiers (`sweep.baselines`): each classifier alone, and the
+   max-softmax threshold cascade tuned on the held-out split.
+3. A grid of Tune trials. Each trial function launches a `TorchTrainer` through
+   `runtime.launch.run` (Ray Train V2: no `Tuner(trainer)`), starting its joint phase from the
+   warm-up checkpoint (`run.warm_start`). Trials take no CPU themselves (their Train workers do),
+   and `max_concurrent_trials` keeps them within the cluster's CPUs.
+4. MLflow: one parent run, one child run per trial (written by the trial's rank-0 worker with
+   `tracking.parent_run_id`), and on the parent the Pareto front, tables and plot
+   (`sweep.report.write_report`).
+5. Budget mode (`--budget B`): one more trial per variant trains with `objective.budget=B`, its α
+   following dual ascent toward an expected cost of B (`method.objective.CostBudget`); with
+   `--budget-refine N`, N more trials bisect log α toward B. The choice is the most accurate Ours
+   trial (grid, dual ascent or bisection) whose test cost is ≤ B %.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..runtime.config import DEFAULT_CONFIG, Config, ConfigError, load_config, shipped_configs, to_container
+from .trials import VARIANTS, SweepContext, Trial, TrialSpec, budget_choice, next_alpha, run_trials, trial_config
+
+PAPER_ALPHAS = [float(f"{a:.3g}") for a in np.logspace(-4, -2, 5)]
+PROG = "python tuning/sweep_alpha.py"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog=PROG, description="Ray Tune sweep over the cost weight α × policy LR, "
+                                "with a shared warm-up, MLflow parent/child runs, a Pareto front and a Table-2 report.")
+    p.add_argument("--config", default=DEFAULT_CONFIG, help=f"a shipped config ({', '.join(shipped_configs())}) or a YAML file")
+    p.add_argument("--alphas", type=float, nargs="+", default=PAPER_ALPHAS,
+                   help="cost weights α (default: 5 log-spaced over the paper's 1e-4..1e-2)")
+    p.add_argument("--policy-lrs", type=float, nargs="+", default=None, help="policy LRs (default: the config's optim.policy_lr)")
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS,
+                   help="ours: joint training; ours_s: policies on the frozen warm-up classifiers")
+    p.add_argument("--max-concurrent", type=int, default=None,
+                   help="trials at once (default: cluster CPUs // (run.num_workers × run.cpus_per_worker))")
+    p.add_argument("--no-shared-warmup", action="store_true", help="every trial runs its own warm-up")
+    p.add_argument("--budget", type=float, default=None, help="cost budget in %% of the largest classifier's MACs")
+    p.add_argument("--budget-refine", type=int, default=0, help="extra trials bisecting log α toward --budget")
+    p.add_argument("--name", default="alpha-sweep", help="sweep name: MLflow parent run, prefix of the trials' run.name")
+    p.add_argument("--out", default=None, help="report folder (default: <run.storage_path>/<name>/report)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for every run")
+    # `key=value` words are overrides wherever they stand (after `--alphas 0.01 0.02` too)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    overrides = [a for a in argv if "=" in a and not a.startswith("-")]
+    args = p.parse_args([a for a in argv if a not in overrides])
+    args.overrides = [*args.overrides, *overrides]
+    return args
+
+
+def check_args(args: argparse.Namespace) -> list[str]:
+    out = []
+    if any(not math.isfinite(a) or a < 0 for a in args.alphas):
+        out.append(f"--alphas: every α must be a finite number >= 0, got {args.alphas}")
+    if args.policy_lrs is not None and any(not math.isfinite(l) or l <= 0 for l in args.policy_lrs):
+        out.append(f"--policy-lrs: every policy LR must be > 0, got {args.policy_lrs}")
+    if args.max_concurrent is not None and args.max_concurrent < 1:
+        out.append(f"--max-concurrent: must be >= 1, got {args.max_concurrent}")
+    if args.budget is not None and not 0 < args.budget <= 100:
+        out.append(f"--budget: a cost in % of the largest classifier, in (0, 100], got {args.budget}")
+    if args.budget_refine < 0 or (args.budget_refine and args.budget is None):
+        out.append("--budget-refine: needs --budget and a count >= 0")
+    if args.budget is not None and "ours" not in args.variants:
+        out.append("--budget: picks among 'ours' trials; add ours to --variants")
+    if not args.name or "/" in args.name:
+        out.append(f"--name: a non-empty name without '/', got {args.name!r}")
+    return out
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    problems = check_args(args)
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as err:
+        problems += err.problems
+        cfg = None
+    if cfg is not None:
+        for lr in args.policy_lrs or []:
+            for a in args.alphas:
+                try:
+                    trial_config(to_container(cfg), TrialSpec("ours", a, lr), SweepContext(args.name))
+                except ConfigError as err:
+                    problems += err.problems
+    if problems:
+        for problem in dict.fromkeys(problems):
+            print(f"{PROG}: error: {problem}", file=sys.stderr)
+        return 2
+    return sweep(cfg, args, command=shlex.join(["python", "tuning/sweep_alpha.py", *argv]))
+
+
+@dataclass
+class Sweep:
+    """A running sweep: its config, options, MLflow parent run and what the steps have produced."""
+
+    cfg: Config
+    args: argparse.Namespace
+    command: str
+    client: object
+    experiment_id: str
+    parent_run_id: str
+    max_concurrent: int
+    policy_lrs: list[float]
+    start: float = field(default_factory=time.perf_counter)
+    trials: list[Trial] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def base(self) -> dict:
+        return to_container(self.cfg)
+
+    def log_param(self, key: str, value) -> None:
+        self.client.log_param(self.parent_run_id, key, str(value))
+
+    def log_metric(self, key: str, value: float) -> None:
+        self.client.log_metric(self.parent_run_id, key, float(value))
+
+    def run(self, specs: list[TrialSpec], ctx: SweepContext, round_: int) -> list[Trial]:
+        trials, errors = run_trials(specs, self.base, ctx, self.max_concurrent, round_)
+        self.trials += trials
+        self.errors += errors
+        return trials
+
+
+def sweep(cfg: Config, args: argparse.Namespace, command: str) -> int:
+    """Shared warm-up → baselines → the grid → budget mode → the report, on one Ray instance and
+    under one MLflow parent run."""
+    import mlflow
+    import ray
+
+    from ..runtime import launch
+
+    cfg.run.storage_path = str(Path(cfg.run.storage_path).resolve())
+    cfg.data.shards = str(Path(cfg.data.shards).resolve())
+    previous_uri = mlflow.get_tracking_uri()  # ensure_experiment sets it process-wide: restored below
+    own_ray = not ray.is_initialized()
+    if own_ray:
+        ray.init(runtime_env={"env_vars": launch.worker_env(cfg)})
+    try:
+        s = open_sweep(cfg, args, command)
+        if s is None:
+            return 2
+        warm, warmup = shared_warmup(s)
+        if warm is None:
+            return 1
+        from .baselines import run_baselines
+
+        baselines = run_baselines(cfg, warm.checkpoint_path)
+        ctx = SweepContext(args.name, s.parent_run_id, None if args.no_shared_warmup else str(warm.checkpoint_path))
+        s.run([TrialSpec(v, a, lr) for v in args.variants for a in args.alphas for lr in s.policy_lrs], ctx, 0)
+        budget = budget_mode(s, ctx) if args.budget is not None else None
+        return finish(s, warmup, baselines, budget)
+    finally:
+        mlflow.set_tracking_uri(previous_uri)
+        if own_ray:
+            ray.shutdown()
+
+
+def open_sweep(cfg: Config, args: argparse.Namespace, command: str) -> Sweep | None:
+    """Check the cluster can hold a trial, then create the MLflow parent run with the sweep's params."""
+    import ray
+    from mlflow.tracking import MlflowClient
+
+    from ..runtime.tracking import ensure_experiment, flatten, tracking_uri
+
+    per_trial = cfg.run.num_workers * cfg.run.cpus_per_worker
+    cluster_cpus = int(ray.cluster_resources().get("CPU", 0))
+    if per_trial > cluster_cpus:
+        print(f"{PROG}: error: a trial needs run.num_workers × run.cpus_per_worker = {per_trial} CPUs; "
+              f"the cluster has {cluster_cpus}", file=sys.stderr)
+        return None
+    max_concurrent = args.max_concurrent or max(1, cluster_cpus // per_trial)
+    ensure_experiment(cfg)  # the experiment exists before the trials' workers log into it
+    client = MlflowClient(tracking_uri(cfg))
+    exp = client.get_experiment_by_name(cfg.tracking.experiment)
+    parent = client.create_run(exp.experiment_id, run_name=args.name, tags={"cascade_dist.role": "sweep"})
+    s = Sweep(cfg, args, command, client, exp.experiment_id, parent.info.run_id, max_concurrent,
+              args.policy_lrs or [cfg.optim.policy_lr])
+    params = {"sweep.alphas": args.alphas, "sweep.policy_lrs": s.policy_lrs, "sweep.variants": args.variants,
+              "sweep.shared_warmup": not args.no_shared_warmup, "sweep.max_concurrent": max_concurrent,
+              "sweep.budget": args.budget, "sweep.command": command[:5000]}
+    for k, v in {**params, **flatten(to_container(cfg))}.items():
+        s.log_param(k, v)
+    return s
+
+
+def shared_warmup(s: Sweep):
+    """The cross-entropy warm-up, once for every trial (tracked on the parent run, not as a child)."""
+    from ..runtime import launch
+
+    from ..runtime.control import warmup_config
+
+    wcfg = warmup_config(s.cfg, name=f"{s.args.name}-warmup")
+    t0 = time.perf_counter()
+    warm = launch.run(wcfg)
+    seconds = time.perf_counter() - t0
+    if warm.checkpoint_path is None:
+        print(f"{PROG}: error: the warm-up run {wcfg.run.name} left no checkpoint", file=sys.stderr)
+        return None, None
+    print(f"{PROG}: warm-up ({s.cfg.optim.warmup_epochs} epochs) done in {seconds:.0f} s: {warm.checkpoint_path}",
+          flush=True)
+    m = warm.metrics or {}
+    # what each trial would have spent on its own warm-up epochs (training only: conservative)
+    epoch_s = m["train_images"] / m["train_images_per_s"] if m.get("train_images_per_s") else seconds
+    for k, v in (warm.report.metrics() if warm.report else {}).items():
+        s.log_metric(f"warmup_{k}", v)
+    n = len(s.args.variants) * len(s.args.alphas) * len(s.policy_lrs)
+    shared = not s.args.no_shared_warmup
+    return warm, {"seconds": seconds, "epochs": s.cfg.optim.warmup_epochs, "trials": n, "shared": shared,
+                  "epoch_train_s": epoch_s, "checkpoint": str(warm.checkpoint_path),
+                  "saved_s": (n - 1) * s.cfg.optim.warmup_epochs * epoch_s if shared else 0.0}
+
+
+def budget_mode(s: Sweep, ctx: SweepContext) -> dict:
+    """Dual-ascent trials aimed at the budget, optional bisection of log α, and the pick within it."""
+    budget, cfg = s.args.budget, s.cfg
+    dual = [TrialSpec(v, cfg.objective.alpha, lr, budget) for v in s.args.variants for lr in s.policy_lrs]
+    s.run(dual, ctx, 1)
+    method = (f"Picked from the α grid and {len(dual)} dual-ascent trial(s) (objective.budget={budget:g}: "
+              f"α starts at {cfg.objective.alpha:g} and follows the expected training cost).")
+    for r in range(s.args.budget_refine):
+        chosen = budget_choice(s.trials, budget)
+        lr = chosen.policy_lr if chosen else s.policy_lrs[0]
+        alpha = next_alpha([t for t in s.trials if t.variant == "ours" and t.policy_lr == lr], budget)
+        if alpha is None or any(t.alpha == alpha and t.policy_lr == lr for t in s.trials):
+            break
+        s.run([TrialSpec("ours", float(f"{alpha:.4g}"), lr)], ctx, r + 2)
+        method += f" Then {r + 1} extra trial(s) bisecting log α toward the budget."
+    chosen = budget_choice(s.trials, budget)
+    if chosen:
+        s.log_param("budget.alpha", chosen.alpha)
+        s.log_metric("budget_accuracy", chosen.accuracy)
+        s.log_metric("budget_cost_pct", chosen.cost_pct)
+    return {"budget_pct": budget, "chosen": chosen, "method": method,
+            "max_alpha": max(t.alpha for t in s.trials) if s.trials else None}
+
+
+def finish(s: Sweep, warmup: dict, baselines: dict, budget: dict | None) -> int:
+    """The report, on disk and on the parent run; the parent run's metrics and status."""
+    from ..runtime.tracking import tracking_uri
+    from .report import write_report
+
+    args, cfg = s.args, s.cfg
+    out = Path(args.out).resolve() if args.out else Path(cfg.run.storage_path) / args.name / "report"
+    children = {r.info.run_name: r.info.run_id for r in s.client.search_runs(
+        [s.experiment_id], f"tags.mlflow.parentRunId = '{s.parent_run_id}'", max_results=1000)}
+    for t in s.trials:
+        t.mlflow_run_id = children.get(t.run_name)
+    wall = time.perf_counter() - s.start
+    summary = {
+        "command": s.command, "wall_clock_s": wall, "device": _device(), "classifiers": cfg.model.classifiers,
+        "config": s.base, "alphas": args.alphas, "policy_lrs": s.policy_lrs, "variants": args.variants,
+        "warmup": warmup, **baselines, "trials": s.trials, "budget": budget, "errors": s.errors,
+        "mlflow_parent_run_id": s.parent_run_id, "notes": _notes(cfg, args, s.errors),
+    }
+    paths = write_report(out, summary)
+    s.client.log_artifacts(s.parent_run_id, str(out))
+    report = json.loads(paths["json"].read_text())
+    metrics = {"wall_clock_s": wall, "warmup_s": warmup["seconds"], "time_saved_s": warmup["saved_s"],
+               "n_trials": len(s.trials), "n_failed": len(s.errors), "pareto_size": len(report["pareto_front"])}
+    for k, v in metrics.items():
+        s.log_metric(k, v)
+    s.client.set_terminated(s.parent_run_id, "FINISHED" if not s.errors else "FAILED")
+    print(paths["md"].read_text())
+    print(f"report: {out}\nMLflow parent run: {s.parent_run_id} ({tracking_uri(cfg)})")
+    for e in s.errors:
+        print(f"{PROG}: trial failed: {e}", file=sys.stderr)
+    return 1 if s.errors or not s.trials else 0
+
+
+def _device() -> str:
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{os.cpu_count()} CPU cores, {gpu}"
+
+
+def _notes(cfg: Config, args, errors) -> list[str]:
+    notes = [
+        "Static points: each classifier of the cascade after the cross-entropy warm-up (each on its own loss, "
+        "i.e. trained alone). Threshold cascade: exit at the first classifier whose max softmax ≥ θ (one θ for "
+        "all stages), θ chosen per budget on the held-out split, measured on the test split. Ours / Ours (S): "
+        f"each trial's cascade at τ = {cfg.eval.tau} (policy decides), {'starting from the shared warm-up' if not args.no_shared_warmup else 'with its own warm-up'}.",
+    ]
+    if not args.no_shared_warmup:
+        notes.append("The shared warm-up is a run with optim.joint_epochs=0 that keeps the classifier LR's cosine "
+                     "over warm-up + joint epochs (optim.schedule_epochs), so each trial continues exactly where a "
+                     "single run would be. Time saved ≈ (trials − 1) × warm-up epochs × one warm-up epoch's training time (start-up, "
+                     "evaluation and checkpointing not counted).")
+    notes.append(f"Epochs: the static classifiers and the threshold cascade use the warm-up classifiers "
+                 f"({cfg.optim.warmup_epochs} epochs); Ours continues training them for {cfg.optim.joint_epochs} more "
+                 "joint epoch(s), so part of its gain over them can be the extra training. Ours (S) keeps the warm-up "
+                 "classifiers frozen: it is the like-for-like comparison with the threshold cascade.")
+    if errors:
+        notes.append("Failed trials: " + "; ".join(errors))
+    return notes

@@ -1,0 +1,132 @@
+"""The sweep's pieces: Pareto front, budget selection, α proposals, the threshold cascade on
+constructed softmaxes, and bad command lines (refused before any work)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cascade_dist.sweep.baselines import StageOutputs, threshold_operating_points, tune_thresholds
+from cascade_dist.sweep.driver import main
+from cascade_dist.sweep.pareto import Point, best_under_budget, cost_to_match, pareto_front
+from cascade_dist.sweep.trials import Trial, TrialSpec, budget_choice, next_alpha
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+# ---- Pareto front, budget, Table-2 matching on constructed points ---------------------------------
+
+def test_pareto_front_keeps_exactly_the_non_dominated_points():
+    pts = [Point(10, 0.80, "a"), Point(20, 0.85, "b"), Point(15, 0.79, "dominated by a"), Point(30, 0.85, "tie, dearer"),
+           Point(40, 0.90, "c"), Point(5, 0.60, "d"), Point(50, 0.89, "dominated by c")]
+    front = pareto_front(pts)
+    assert [p.label for p in front] == ["d", "a", "b", "c"]
+    # brute force: a point is on the front iff no other point dominates it
+    for p in pts:
+        dominated = any(q.cost_pct <= p.cost_pct and q.accuracy >= p.accuracy and (q.cost_pct, q.accuracy) != (p.cost_pct, p.accuracy)
+                        for q in pts)
+        assert (p in front) == (not dominated), p.label
+
+
+def test_pareto_front_edge_cases():
+    assert pareto_front([]) == []
+    same = [Point(10, 0.5, "x"), Point(10, 0.5, "y")]
+    assert len(pareto_front(same)) == 1
+
+
+def test_budget_and_match_selection():
+    pts = [Point(10, 0.80, "a"), Point(20, 0.85, "b"), Point(40, 0.90, "c"), Point(25, 0.84, "e")]
+    assert best_under_budget(pts, 30).label == "b"
+    assert best_under_budget(pts, 40).label == "c"
+    assert best_under_budget(pts, 5) is None
+    assert cost_to_match(pts, 0.85).label == "b"
+    assert cost_to_match(pts, 0.95) is None
+    assert cost_to_match(pts, 0.86, tolerance=0.01).label == "b"
+
+
+def _trial(run_name, variant, alpha, cost_pct, accuracy, policy_lr=0.01, dual_budget=None) -> Trial:
+    return Trial(TrialSpec(variant, alpha, policy_lr, dual_budget), run_name, accuracy, cost_pct)
+
+
+def test_budget_mode_on_trials_and_alpha_proposals():
+    trials = [_trial(f"t{a}", "ours", a, c, acc)
+              for a, c, acc in [(0.001, 90, 0.91), (0.01, 60, 0.90), (0.03, 35, 0.88), (0.1, 20, 0.80)]]
+    trials.append(_trial("s", "ours_s", 0.01, 30, 0.95))
+    assert budget_choice(trials, 50).alpha == 0.03  # Ours (S) is not a candidate
+    assert budget_choice(trials, 10) is None
+    ours = [t for t in trials if t.variant == "ours"]
+    assert next_alpha(ours, 50) == pytest.approx((0.03 * 0.01) ** 0.5)  # between the feasible and infeasible α
+    assert next_alpha(ours, 10) == pytest.approx(0.3)  # nothing fits: larger α
+    assert next_alpha(ours, 95) == pytest.approx(0.001 / 3)  # everything fits: smaller α
+    # a dual-ascent trial is a candidate for the pick, but not a fixed-α point for the bisection
+    dual = _trial("d", "ours", 0.04, 45, 0.89, dual_budget=50)
+    assert budget_choice([*trials, dual], 50).run_name == "d"
+    assert next_alpha([*ours, dual], 50) == next_alpha(ours, 50)
+
+
+# ---- threshold cascade on constructed softmaxes ------------------------------------------------------
+
+def _outputs(conf1, correct1, correct2):
+    """Two stages; stage 1's max prob is `conf1`, correctness given per stage."""
+    n, c = len(conf1), 4
+    probs = np.full((n, 2, c), 0.0)
+    labels = np.zeros(n, dtype=int)
+    for i, (p, k1, k2) in enumerate(zip(conf1, correct1, correct2)):
+        top1 = 0 if k1 else 1
+        probs[i, 0, top1] = p
+        probs[i, 0, [j for j in range(c) if j != top1]] = (1 - p) / (c - 1)
+        probs[i, 1, 0 if k2 else 2] = 1.0
+    return StageOutputs(probs, labels)
+
+
+def test_threshold_operating_points_exits_at_first_confident_stage():
+    out = _outputs([0.9, 0.6, 0.4, 0.95], [True, False, True, True], [True, True, False, True])
+    acc, cost = threshold_operating_points(out.max_prob, out.correct, np.array([20.0, 120.0]), np.array([0.0, 0.5, 0.92, 1.1]))
+    # θ=0: all exit at stage 1 (3/4 right, cost 20); θ=0.5: 3 exit (0.9 ✓, 0.6 ✗, 0.95 ✓), 0.4 goes on (✗)
+    assert acc.tolist() == pytest.approx([0.75, 0.5, 0.75, 0.75])
+    assert cost.tolist() == pytest.approx([20, 45, 95, 120])
+
+
+def test_tune_thresholds_picks_best_held_out_accuracy_within_each_budget():
+    held = _outputs([0.9, 0.6, 0.4, 0.95], [True, False, True, True], [True, True, True, True])
+    test = _outputs([0.99, 0.7, 0.3, 0.2], [True, False, False, True], [True, True, True, False])
+    rows = tune_thresholds(held, test, [20.0, 120.0], budgets=[10, 20, 50, 100, 120])
+    by_budget = {r["budget_pct"]: r for r in rows}
+    assert 10 not in by_budget  # below the first stage's cost: unreachable
+    assert by_budget[20]["threshold"] == 0.0 and by_budget[20]["val_cost_pct"] == 20
+    for r in rows:
+        assert r["val_cost_pct"] <= r["budget_pct"] + 1e-9
+    # at 100 %, θ in (0.6, 0.9] sends only the 0.6 and 0.4 images on: held-out 1.0 accuracy at 70 %
+    # (θ=0: 0.75 at 20 %; all to stage 2: 1.0 at 120 %, over budget)
+    assert by_budget[100]["val_accuracy"] == pytest.approx(1.0) and by_budget[100]["val_cost_pct"] == pytest.approx(70)
+    # its test numbers are measured at that θ on the test outputs
+    theta = by_budget[100]["threshold"]
+    acc, cost = threshold_operating_points(test.max_prob, test.correct, np.array([20.0, 120.0]), np.array([theta]))
+    assert by_budget[100]["accuracy"] == pytest.approx(acc[0]) and by_budget[100]["cost_pct"] == pytest.approx(cost[0])
+
+
+# ---- bad input -----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("argv, message", [
+    (["--alphas", "-0.1"], "--alphas: every α must be a finite number >= 0"),
+    (["--budget", "150"], "--budget: a cost in % of the largest classifier, in (0, 100]"),
+    (["--max-concurrent", "0"], "--max-concurrent: must be >= 1"),
+    (["--policy-lrs", "0"], "--policy-lrs: every policy LR must be > 0"),
+    (["objective.estimator=nope"], "estimator"),
+])
+def test_bad_input_is_a_clear_error_before_any_work(argv, message, small_fashion_mnist_shards, tmp_path, capsys):
+    rc = main(["--config", "demo", *argv, f"data.shards={small_fashion_mnist_shards}", f"run.storage_path={tmp_path}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2
+    assert len(err) == 1 and message in err[0], err
+    assert list(tmp_path.iterdir()) == []  # no run, no MLflow store: nothing started
+
+
+def test_non_numeric_alpha_from_the_command_line():
+    proc = subprocess.run([sys.executable, "tuning/sweep_alpha.py", "--alphas", "big"], capture_output=True,
+                          text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 2 and "--alphas: invalid float value: 'big'" in proc.stderr
