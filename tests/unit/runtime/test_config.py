@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import pytest
 
 from cascade_dist.runtime.config import ConfigError, load_config, shipped_configs

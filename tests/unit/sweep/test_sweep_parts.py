@@ -3,7 +3,6 @@ constructed softmaxes, and bad command lines (refused before any work)."""
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 
