@@ -30,6 +30,9 @@ class DataConfig(Section):
             out.append(("backend", f"expected 'dali' or 'torch', got {self.backend!r}"))
         if self.on_error not in ON_ERROR:
             out.append(("on_error", f"expected 'raise' or 'skip', got {self.on_error!r}"))
+        elif self.on_error == "skip" and self.backend == "dali":
+            out.append(("on_error", "'skip' is not supported by data.backend='dali' (DALI cannot drop an "
+                                    "undecodable image); use data.backend=torch or data.on_error=raise"))
         for key in ("batch_size", "eval_batch_size"):
             if getattr(self, key) < 1:
                 out.append((key, f"must be >= 1, got {getattr(self, key)}"))

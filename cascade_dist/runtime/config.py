@@ -14,7 +14,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Optional
 
-from omegaconf import OmegaConf
+import yaml
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from ..data.config import DataConfig
@@ -26,6 +27,7 @@ from ..method.sections import ConfigFieldError, Problem, Section
 from ..method.training import OptimConfig
 
 CONFIG_PACKAGE = "cascade_dist.configs"
+TRACKING_SCHEMES = ("http", "https", "file", "sqlite", "postgresql", "mysql", "mssql", "databricks")
 DEFAULT_CONFIG = "demo"
 
 
@@ -68,8 +70,11 @@ class RunConfig(Section):
             out.append(("max_failures", f"must be >= -1 (-1 = forever), got {self.max_failures}"))
         if self.checkpoints_to_keep < 1:
             out.append(("checkpoints_to_keep", f"must be >= 1, got {self.checkpoints_to_keep}"))
-        if not self.name or "/" in self.name:
-            out.append(("name", f"must be a non-empty name without '/', got {self.name!r}"))
+        if self.cpus_per_worker <= 0:
+            out.append(("cpus_per_worker", f"must be > 0, got {self.cpus_per_worker}"))
+        if not self.name or "/" in self.name or "\\" in self.name or self.name.strip(".") == "":
+            out.append(("name", f"must be a non-empty name without '/', '\\' or only dots "
+                                f"(it is a folder under storage_path), got {self.name!r}"))
         return out
 
 
@@ -84,6 +89,16 @@ class TrackingConfig(Section):
     log_model: bool = True
     parent_run_id: Optional[str] = None
     """Nest this run under a parent (set by the Tune sweep)."""
+
+    def problems(self) -> list[Problem]:
+        uri = self.tracking_uri
+        if uri is None or "://" not in uri:
+            return []  # None or a local path (MLflow's file store)
+        scheme = uri.split("://", 1)[0].lower()
+        if scheme not in TRACKING_SCHEMES:
+            return [("tracking_uri", f"unsupported scheme {scheme!r} in {uri!r}; expected one of "
+                                     f"{', '.join(TRACKING_SCHEMES)} or a local path")]
+        return []
 
 
 @dataclass
@@ -135,7 +150,26 @@ def config_path(name_or_path: str | Path) -> Path:
 def _one_line(err: OmegaConfBaseException) -> str:
     key = getattr(err, "full_key", None)
     msg = str(err).strip().splitlines()[0]
+    if "is not a ListConfig, list or tuple" in msg:
+        msg = "expected a list (e.g. [0.5, 0.7]), got a single value"
     return f"{key}: {msg}" if key else msg
+
+
+def _load_yaml(path: Path):
+    """The YAML file as a DictConfig; a syntax error or a top level that is not a mapping names the file (and line)."""
+    try:
+        node = OmegaConf.load(path)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        what = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError([f"{where}: malformed YAML: {what}"]) from None
+    except OSError as err:
+        raise ConfigError([f"{path}: cannot read config: {err.strerror or err}"]) from None
+    if not isinstance(node, DictConfig):
+        raise ConfigError([f"{path}: the top level must be a mapping of sections (model, data, ...), "
+                           f"got a {type(node).__name__.replace('Config', '').lower()}"])
+    return node
 
 
 def load_config(file: str | Path | None = DEFAULT_CONFIG, overrides: list[str] = (), check_data: bool = True) -> Config:
@@ -144,7 +178,7 @@ def load_config(file: str | Path | None = DEFAULT_CONFIG, overrides: list[str] =
     try:
         layers = [schema]
         if file is not None:
-            layers.append(OmegaConf.load(config_path(file)))
+            layers.append(_load_yaml(config_path(file)))
         bad = [o for o in overrides if "=" not in o]
         if bad:
             raise ConfigError([f"override {o!r} is not of the form dotted.key=value" for o in bad])
@@ -189,7 +223,7 @@ def validate(merged, check_data: bool = True) -> Config:
     cfg = Config(**sections)  # defaults stand in for bad sections: only checks on valid ones run
     if {"model", "eval", "objective"} <= ok:
         problems += _check_model(cfg)
-    if check_data and {"model", "data"} <= ok and not any(p.startswith(("model", "data")) for p in problems):
+    if check_data and {"model", "data", "run"} <= ok and not any(p.startswith(("model", "data")) for p in problems):
         problems += _check_against_manifest(cfg) + _check_warm_start(cfg)
     if problems:
         raise ConfigError(problems)
@@ -210,6 +244,10 @@ def _check_model(cfg: Config) -> list[str]:
         if cfg.objective.budget < floor:
             out.append(f"objective.budget: {cfg.objective.budget} % is below the first stage's cost "
                        f"({floor:.2f} % of the largest classifier); no stopping policy can meet it")
+        ceiling = 100 * float(m.macs().costs().sum())
+        if cfg.objective.budget > ceiling:
+            out.append(f"objective.budget: {cfg.objective.budget} % is above the whole cascade's cost "
+                       f"({ceiling:.2f} % of the largest classifier, every stage run); the budget would never bind")
     return out
 
 
@@ -239,6 +277,14 @@ def _check_against_manifest(cfg: Config) -> list[str]:
             out.append(f"model.num_classes: {cfg.model.num_classes} but {where} has num_classes={train.num_classes}")
         if train.channels != cfg.model.in_channels:
             out.append(f"model.in_channels: {cfg.model.in_channels} but {where} has channels={train.channels}")
+        size = train.image_size
+        if size is not None and list(size) != [cfg.model.image_size, cfg.model.image_size]:
+            out.append(f"model.image_size: {cfg.model.image_size} but {where} has image_size={list(size)} "
+                       f"(the MACs would be counted for the wrong input)")
+        share = train.num_samples // max(cfg.run.num_workers, 1)
+        if cfg.data.batch_size > share:
+            out.append(f"data.batch_size: {cfg.data.batch_size} exceeds a rank's share of {where.parent} "
+                       f"({train.num_samples} samples / run.num_workers={cfg.run.num_workers} = {share})")
         other = manifests.get(cfg.data.eval_split)
         if other is not None and other.num_classes != train.num_classes:
             out.append(f"data.eval_split: {shards / cfg.data.eval_split} has {other.num_classes} classes, "

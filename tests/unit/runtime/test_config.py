@@ -26,6 +26,16 @@ def test_shipped_configs_load(name):
         ("run.zero_stage=3", "run.zero_stage: expected 0, 1 or 2"),
         ("optim.policy_lr=fast", "optim.policy_lr"),
         ("eval.tau=[1.5]", "eval.tau"),
+        ("eval.tau=1.5", "eval.tau: expected a list"),
+        ("run.cpus_per_worker=0", "run.cpus_per_worker: must be > 0, got 0"),
+        ("run.cpus_per_worker=-1", "run.cpus_per_worker: must be > 0, got -1"),
+        ("objective.budget=1e9", "objective.budget: 1000000000.0 % is above the whole cascade's cost"),
+        ("data.batch_size=100000", "data.batch_size: 100000 exceeds a rank's share"),
+        ("tracking.tracking_uri=ftp://x", "tracking.tracking_uri: unsupported scheme 'ftp'"),
+        ("run.name=..", "run.name: must be a non-empty name"),
+        ("model.image_size=32", "model.image_size: 32 but"),
+        ("model.in_channels=3", "model.in_channels: 3 but"),
+        ("data.on_error=skip", "data.on_error: 'skip' is not supported by data.backend='dali'"),
     ],
 )
 def test_bad_config_is_one_line_and_exit_2_before_any_worker(override, key, small_fashion_mnist_shards, capsys):
@@ -41,3 +51,18 @@ def test_bad_config_is_one_line_and_exit_2_before_any_worker(override, key, smal
 def test_unknown_config_name_lists_shipped():
     with pytest.raises(ConfigError, match="unknown config 'nope'; shipped: cifar10, cifar100, cifar10_subset, demo"):
         load_config("nope")
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("model:\n  classifiers: [a, b\n", r"bad.yaml:\d+:\d+: malformed YAML"),
+        ("- model\n- data\n", "bad.yaml: the top level must be a mapping of sections"),
+    ],
+)
+def test_bad_yaml_file_is_one_line_naming_the_file(tmp_path, text, expected):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=expected) as info:
+        load_config(path, check_data=False)
+    assert len(info.value.problems) == 1 and "\n" not in str(info.value)
