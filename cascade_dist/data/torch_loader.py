@@ -28,20 +28,23 @@ and the sample key, or with ``on_error="skip"`` are skipped, logged and counted 
 
 from __future__ import annotations
 
+import io
 import itertools
 import logging
 import random
 import tarfile
 from typing import Any, Iterator
 
+import numpy as np
 import torch
 import webdataset as wds
+from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
-from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms import v2
 
 from .augment import AugmentSpec, Normalization
 from .contract import DataError, Loader, rank_range
+from .manifest import ShardError, decode_label
 
 __all__ = ["TorchLoader", "build_transform"]
 
@@ -190,14 +193,30 @@ class _RankStream(IterableDataset):
         label = int.from_bytes(raw, "little", signed=True)
         if not 0 <= label < self.num_classes:
             raise DataError(f"{where}: label {label} out of range [0, {self.num_classes})")
-        mode = ImageReadMode.GRAY if self.channels == 1 else ImageReadMode.RGB
-        try:
-            image = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=mode)
-        except Exception as e:  # noqa: BLE001 - any decoder failure names the sample
-            raise DataError(f"{where}: undecodable image ({type(e).__name__}: {e})") from e
+        if "cls" in sample:  # both label forms present: they must agree
+            try:
+                decode_label(sample["cls"], raw, where, self.num_classes)
+            except ShardError as e:
+                raise DataError(str(e)) from None
+        image = decode_image_bytes(data, self.channels, where)
         if self.image_size and tuple(image.shape[1:]) != self.image_size:
             raise DataError(f"{where}: image is {tuple(image.shape[1:])}, the manifest says {self.image_size}")
         return image, label
+
+
+def decode_image_bytes(data: bytes, channels: int, where: str) -> torch.Tensor:
+    """PNG/JPEG bytes -> uint8 (C, H, W), decoded with PIL so that a corrupt image raises a DataError
+    naming ``where`` (torchvision's libpng decoder can abort the process on a corrupt IDAT)."""
+    try:
+        with Image.open(io.BytesIO(data)) as probe:
+            probe.verify()  # structure and chunk CRCs
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()  # full decompression: a bad IDAT stream raises here
+            array = np.asarray(im.convert("L" if channels == 1 else "RGB"))
+    except Exception as e:  # noqa: BLE001 - any decoder failure names the sample
+        raise DataError(f"{where}: undecodable image ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    image = torch.from_numpy(array.copy())
+    return image.unsqueeze(0) if image.ndim == 2 else image.permute(2, 0, 1).contiguous()
 
 
 def _read_pieces(pieces, skips: _SkipCounter):
