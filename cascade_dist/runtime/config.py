@@ -259,6 +259,7 @@ def _check_warm_start(cfg: Config) -> list[str]:
 
 
 def _check_against_manifest(cfg: Config) -> list[str]:
+    from ..data.augment import default_augment
     from ..data.manifest import Manifest
 
     shards = Path(cfg.data.shards)
@@ -277,9 +278,9 @@ def _check_against_manifest(cfg: Config) -> list[str]:
             out.append(f"model.num_classes: {cfg.model.num_classes} but {where} has num_classes={train.num_classes}")
         if train.channels != cfg.model.in_channels:
             out.append(f"model.in_channels: {cfg.model.in_channels} but {where} has channels={train.channels}")
-        size = train.image_size
-        if size is not None and list(size) != [cfg.model.image_size, cfg.model.image_size]:
-            out.append(f"model.image_size: {cfg.model.image_size} but {where} has image_size={list(size)} "
+        seen = default_augment(train, train=False).output_size(train.image_size) if cfg.data.augment else train.image_size
+        if seen is not None and list(seen) != [cfg.model.image_size, cfg.model.image_size]:
+            out.append(f"model.image_size: {cfg.model.image_size} but the model sees {list(seen)} images from {where} "
                        f"(the MACs would be counted for the wrong input)")
         share = train.num_samples // max(cfg.run.num_workers, 1)
         if cfg.data.batch_size > share:

@@ -23,6 +23,7 @@ import torch
 
 from cascade_dist.data import AugmentSpec, DataError, default_augment, make_loader
 from cascade_dist.data.manifest import Manifest, ShardInfo
+from bad_images import corrupt_idat
 from data_shards.writer import make_index, sha256_of
 
 BACKENDS = ["dali", "torch"]
@@ -250,10 +251,14 @@ def bad_split(fashion_mnist_shards, tmp_path, kind):
             return data
         if kind == "corrupt" and ext == "png":
             return data[:40] + b"\0" * 24
+        if kind == "corrupt-idat" and ext == "png":
+            return corrupt_idat(data)
         if kind == "missing" and ext == "lbl":
             return None
         if kind == "label" and ext == "lbl":
             return (12).to_bytes(8, "little")
+        if kind == "cls" and ext == "cls":
+            return b"seven"  # .lbl intact: the two label forms disagree
         return data
 
     root, keys = small_split(fashion_mnist_shards / "val", tmp_path / kind, mutate if kind != "truncated" else None)
@@ -292,7 +297,7 @@ def test_dali_corrupt_image_stops_with_shard_and_key(fashion_mnist_shards, tmp_p
 
 @pytest.mark.parametrize(
     "kind, backend",
-    [("corrupt", "torch"), *[(k, b) for k in ("missing", "label", "truncated") for b in BACKENDS]],
+    [("corrupt", "torch"), ("corrupt-idat", "torch"), ("cls", "torch"), *[(k, b) for k in ("missing", "label", "truncated") for b in BACKENDS]],
 )
 def test_bad_sample_stops_with_shard_and_key(kind, backend, fashion_mnist_shards, tmp_path):
     root, key = bad_split(fashion_mnist_shards, tmp_path, kind)
@@ -305,9 +310,11 @@ def test_bad_sample_stops_with_shard_and_key(kind, backend, fashion_mnist_shards
         assert key in msg, msg
     if kind == "label":
         assert "label 12" in msg and "[0, 10)" in msg, msg
+    if kind == "cls":
+        assert ".cls is not a decimal class id" in msg, msg
 
 
-@pytest.mark.parametrize("kind", ["corrupt", "missing", "label"])
+@pytest.mark.parametrize("kind", ["corrupt", "corrupt-idat", "cls", "missing", "label"])
 def test_torch_skip_mode_skips_and_counts(kind, fashion_mnist_shards, tmp_path):
     root, _ = bad_split(fashion_mnist_shards, tmp_path, kind)
     loader = make_loader(root, "val", 64, backend="torch", train=False, num_workers=2, on_error="skip")
