@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Iterable, Literal, Optional
+from typing import Iterable, Iterator, Literal, Optional
 
 import torch
 from torch import nn
@@ -208,7 +208,8 @@ def train_epoch(
     set_train_mode(engine, optim, epoch)
     totals: dict[str, float] = {}
     seen, steps, start = 0, 0, time.perf_counter()
-    bar = tqdm(loader, desc=f"epoch {epoch} ({phase})", disable=not progress, mininterval=5)
+    bar = tqdm(in_lockstep(loader, all_reduce), desc=f"epoch {epoch} ({phase})", disable=not progress,
+               mininterval=5, total=_len(loader))
     for images, targets in bar:
         images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
         alpha = budget.alpha if budget is not None else None
@@ -228,6 +229,46 @@ def train_epoch(
     if budget is not None and phase == "joint":
         means["alpha_end"] = budget.alpha
     return means
+
+
+class PeerDataError(RuntimeError):
+    """Another rank failed to read its data (its own error names the shard and sample)."""
+
+
+def in_lockstep(batches: Iterable, all_reduce: AllReduce = local_sum) -> Iterator:
+    """This rank's batches while every rank still has one: the epoch ends on all ranks at once.
+
+    Ranks must run the same number of steps, or the first to run out leaves the others waiting in a
+    collective until its timeout (a counted skip, a truncated shard or an uneven split makes a rank
+    run out early). Before each step one all-reduce of (out of batches, failed) decides for all: a
+    rank that is out ends the epoch everywhere, and a rank whose loader raised re-raises its error
+    while every other rank raises `PeerDataError`, so a bad sample stops the run at once, not after
+    a collective timeout.
+    """
+    it = iter(batches)
+    while True:
+        error = batch = None
+        try:
+            batch = next(it)
+        except StopIteration:
+            pass
+        except Exception as err:  # noqa: BLE001 - re-raised below, after the peers are told
+            error = err
+        flags = all_reduce(torch.tensor([float(batch is None and error is None), float(error is not None)]))
+        if error is not None:
+            raise error
+        if flags[1] > 0:
+            raise PeerDataError("another rank stopped on a data error (its message names the shard and sample)")
+        if flags[0] > 0:
+            return
+        yield batch
+
+
+def _len(loader) -> int | None:
+    try:
+        return len(loader)
+    except TypeError:
+        return None
 
 
 def make_budget(objective: ObjectiveConfig, alpha: float | None = None) -> CostBudget | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import json
 import os
 import shutil
 import signal
@@ -341,3 +342,72 @@ def test_clear_errors_for_bad_options_and_paths(fashion_mnist_shards, tmp_path):
     (root / "val" / "fashion-mnist-val-000000.tar").unlink()
     with pytest.raises(DataError, match="fashion-mnist-val-000000.tar"):
         make_loader(root, "val", 8, train=False)
+
+
+# -- ranks in lockstep: a bad sample on one rank never leaves the other waiting in a collective -----
+
+LOCKSTEP_RANK = """
+import datetime, json, sys
+import torch, torch.distributed as dist
+from cascade_dist.data import make_loader
+from cascade_dist.method.training import in_lockstep
+
+rank, port, cases = int(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3])
+dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2,
+                        timeout=datetime.timedelta(seconds=20))
+
+def all_reduce(t):
+    t = t.clone()
+    dist.all_reduce(t)
+    return t
+
+for root, backend, on_error in cases:
+    loader = make_loader(root, "val", 50, backend=backend, train=True, rank=rank, world_size=2, num_workers=1,
+                         augment=False, on_error=on_error)
+    steps = 0
+    try:
+        for x, y in in_lockstep(loader, all_reduce):
+            all_reduce(torch.ones(1))  # the gradient all-reduce of a training step
+            steps += 1
+        print(json.dumps({"steps": steps, "skipped": loader.skipped}), flush=True)
+    except Exception as e:
+        print(json.dumps({"error": type(e).__name__, "message": str(e).splitlines()[0]}), flush=True)
+"""
+
+
+@pytest.mark.timeout(240)
+def test_a_bad_sample_on_one_rank_ends_the_epoch_on_every_rank_at_once(fashion_mnist_shards, tmp_path):
+    """2 ranks over real gloo, 150 samples each in batches of 50: one bad sample leaves its rank a
+    batch short (skip) or raising (raise). Without `in_lockstep` the other rank waits in its next
+    all-reduce until the collective timeout; with it both end together: the same step count under
+    skip; under raise the named DataError on the rank that read the sample, PeerDataError on the other."""
+    import socket
+    import time
+
+    kinds = ("corrupt-idat", "label", "truncated")
+    roots = {kind: str(bad_split(fashion_mnist_shards, tmp_path, kind)[0]) for kind in kinds}
+    cases = [(roots[k], "torch", mode) for k in kinds for mode in ("skip", "raise")]
+    cases += [(roots[k], "dali", "raise") for k in ("label", "truncated")]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    repo = Path(__file__).resolve().parents[2]
+    start = time.monotonic()
+    ranks = [subprocess.Popen([sys.executable, "-c", LOCKSTEP_RANK, str(r), str(port), json.dumps(cases)], cwd=repo,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(2)]
+    outs = [p.communicate(timeout=200) for p in ranks]
+    wall = time.monotonic() - start
+    results = [[json.loads(line) for line in out.splitlines() if line.startswith("{")] for out, _ in outs]
+    assert all(len(r) == len(cases) for r in results), [err[-2000:] for _, err in outs]
+    for case, a, b in zip(cases, *results):
+        if case[2] == "skip" and "error" not in a and "error" not in b:
+            assert a["steps"] == b["steps"] and a["skipped"] + b["skipped"] >= 1, (case, a, b)
+        else:
+            # the rank that read the bad sample names it; the other is told (or, where DALI's
+            # pipeline reads every shard's index, finds the same bad shard itself)
+            errors = [a.get("error"), b.get("error")]
+            assert "DataError" in errors and set(errors) <= {"DataError", "PeerDataError"}, (case, a, b)
+            named = a if a["error"] == "DataError" else b
+            assert "fashion-mnist-val-000001.tar" in named["message"], (case, named)
+    print(f"\n{len(cases)} cases on 2 ranks in {wall:.1f} s")
+    assert wall < 150  # a hang waits for the 20 s collective timeout in every case
