@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import math
 import struct
 import zlib
 from pathlib import Path
@@ -11,6 +12,7 @@ import numpy as np
 
 from cascade_dist.data.manifest import ShardError
 
+MAX_DIMS = 8
 _DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
@@ -28,12 +30,14 @@ def read_idx(path: str | Path) -> np.ndarray:
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _DTYPES:
         raise ShardError(f"{path}: not an IDX file (bad magic number {raw[:4].hex()})")
     ndim = raw[3]
+    if not 1 <= ndim <= MAX_DIMS:
+        raise ShardError(f"{path}: IDX header claims {ndim} dimensions (expected 1 to {MAX_DIMS})")
     if len(raw) < 4 + 4 * ndim:
         raise ShardError(f"{path}: IDX header truncated ({len(raw)} bytes)")
     dims = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
     dtype = np.dtype(_DTYPES[raw[2]])
     body = raw[4 + 4 * ndim :]
-    expected = int(np.prod(dims)) * dtype.itemsize
+    expected = math.prod(dims) * dtype.itemsize  # Python ints: no overflow on a corrupt header
     if len(body) != expected:
         raise ShardError(f"{path}: IDX body has {len(body)} bytes, header {dims} needs {expected}")
     return np.frombuffer(body, dtype=dtype).reshape(dims).astype(dtype.newbyteorder("="))

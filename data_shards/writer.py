@@ -7,7 +7,6 @@ from `wds2idx.IndexCreator` (the module the DALI wheel installs as the `wds2idx`
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 from collections import deque
@@ -21,6 +20,7 @@ import webdataset as wds
 from tqdm import tqdm
 from wds2idx import IndexCreator
 
+from cascade_dist.data.checksums import file_sha256
 from cascade_dist.data.manifest import ShardError, ShardInfo
 
 from .images import PixelStats, encode_array, encode_file
@@ -43,14 +43,6 @@ class SplitResult:
     @property
     def num_samples(self) -> int:
         return sum(s.num_samples for s in self.shards)
-
-
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def make_index(tar_path: Path, idx_path: Path) -> None:
@@ -126,7 +118,7 @@ def write_split(split_dir: Path, *, dataset: str, split: str, source: SplitSourc
         f.close()
         idx_path = tar_path.with_suffix(".idx")
         make_index(tar_path, idx_path)
-        result.shards.append(ShardInfo(tar_path.name, idx_path.name, count, sha256_of(tar_path)))
+        result.shards.append(ShardInfo(tar_path.name, idx_path.name, count, file_sha256(tar_path)))
 
     bar = tqdm(total=len(order), desc=f"{dataset} {split}", unit="img", disable=not progress, file=sys.stderr)
     try:

@@ -25,6 +25,7 @@ from typing import Any, Iterator
 import torch
 
 from .augment import AugmentSpec, Normalization
+from .checksums import cached_sha256
 from .manifest import Manifest, ShardError
 
 __all__ = ["DataError", "Loader", "SplitInfo", "open_split", "rank_range", "SPLITS", "BACKENDS"]
@@ -61,7 +62,8 @@ class SplitInfo:
 
 def open_split(shard_dir: str | Path, split: str) -> SplitInfo:
     """Load ``shard_dir/split/manifest.json`` and check that every shard and index file it names is
-    there with the sample count the manifest says. Errors name the path and what was expected."""
+    there with the sample count and sha256 the manifest says (`checksums`: hashed once per node).
+    Errors name the path and what was expected."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}: expected one of {', '.join(SPLITS)}")
     shard_dir = Path(shard_dir)
@@ -101,6 +103,11 @@ def open_split(shard_dir: str | Path, split: str) -> SplitInfo:
                 f"index {idx} (header {' '.join(header)!r}) does not match the manifest's "
                 f"{count} samples for shard {tar.name}"
             )
+    expected = {tar: str(_field(s, "sha256") or "") for tar, s in zip(shard_paths, shards)}
+    for tar, digest in cached_sha256([t for t, e in expected.items() if e]).items():
+        if digest != expected[tar]:
+            raise DataError(f"shard {tar}: sha256 {digest[:16]}… differs from {expected[tar][:16]}… in "
+                            f"{split_dir / 'manifest.json'} (changed since written: rewrite or re-verify it)")
     if int(manifest.channels) not in (1, 3):
         raise DataError(f"{split_dir / 'manifest.json'}: channels must be 1 or 3, got {manifest.channels}")
     return SplitInfo(split_dir, manifest, shard_paths, index_paths, counts)

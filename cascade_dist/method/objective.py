@@ -42,6 +42,10 @@ class ObjectiveConfig(Section):
     `alpha`) then follows dual ascent (`CostBudget`) instead of staying fixed."""
     dual_lr: float = 0.005
     """Step size η of α's dual ascent, per training step."""
+    dual_kp: float = 0.0
+    """Proportional gain K_p of budget mode's α (`CostBudget`): α = max(0, α_I + K_p·(Ê − B)). It
+    answers an overspend at once instead of after the integral α_I has built up, which damps the
+    overshoot of plain dual ascent (0 = plain dual ascent)."""
     logit_bound: Optional[float] = 4.0
     """Saturation guard (beyond the paper): the stop log-odds d_t = log π_t(stop) − log π_t(continue)
     of training are held within ±logit_bound by the penalty `bound_weight`·Σ_t relu(|d_t| − bound)²
@@ -56,6 +60,8 @@ class ObjectiveConfig(Section):
             out.append(("budget", f"must be a cost % > 0, got {self.budget}"))
         if not self.dual_lr > 0:
             out.append(("dual_lr", f"must be > 0, got {self.dual_lr}"))
+        if not self.dual_kp >= 0:
+            out.append(("dual_kp", f"must be >= 0, got {self.dual_kp}"))
         if self.logit_bound is not None and not self.logit_bound > 0:
             out.append(("logit_bound", f"must be > 0 (or null: no guard), got {self.logit_bound}"))
         if not self.bound_weight >= 0:
@@ -156,16 +162,22 @@ class CostBudget:
         α ← max(0, α + η · (Ê[cum_k] − B))
     uses Ê, the expected cost Σ_k Π(k|x)·cum_k averaged over the global batch (all-reduced, so
     every worker holds the same α). α rises while the cascade spends too much, falls otherwise.
+
+    With `kp` > 0 it is a PI controller (the PID Lagrangian of Stooke et al., 2020): the integral
+    α_I follows the dual step above and α = max(0, α_I + kp·(Ê − B)) adds a proportional term.
+    α_I (`integral`) is the multiplier learnt: what a checkpoint keeps and a resume starts from.
     """
 
-    def __init__(self, alpha: float, budget_pct: float, lr: float):
-        self.alpha, self.budget, self.lr = float(alpha), budget_pct / 100, float(lr)
+    def __init__(self, alpha: float, budget_pct: float, lr: float, kp: float = 0.0):
+        self.alpha, self.budget, self.lr, self.kp = float(alpha), budget_pct / 100, float(lr), float(kp)
+        self.integral = self.alpha
 
     def step(self, expected_cost: float, count: int, all_reduce: AllReduce = local_sum) -> float:
         """Update α from this worker's batch (mean expected cost over `count` images); returns α."""
         sums = all_reduce(torch.tensor([expected_cost * count, float(count)], dtype=torch.float64))
-        mean = float(sums[0] / sums[1].clamp_min(1))
-        self.alpha = max(0.0, self.alpha + self.lr * (mean - self.budget))
+        error = float(sums[0] / sums[1].clamp_min(1)) - self.budget
+        self.integral = max(0.0, self.integral + self.lr * error)
+        self.alpha = max(0.0, self.integral + self.kp * error)
         return self.alpha
 
 

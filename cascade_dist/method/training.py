@@ -227,7 +227,7 @@ def train_epoch(
     means = {key: value / max(steps, 1) for key, value in totals.items()}
     means.update(images=seen, images_per_s=seen / elapsed if elapsed > 0 else 0.0, phase_joint=float(phase == "joint"))
     if budget is not None and phase == "joint":
-        means["alpha_end"] = budget.alpha
+        means["alpha_end"] = budget.integral  # the multiplier learnt (α less its proportional term)
     return means
 
 
@@ -275,7 +275,7 @@ def make_budget(objective: ObjectiveConfig, alpha: float | None = None) -> CostB
     """The dual-ascent controller of budget mode (None when `objective.budget` is unset)."""
     if objective.budget is None:
         return None
-    return CostBudget(objective.alpha if alpha is None else alpha, objective.budget, objective.dual_lr)
+    return CostBudget(objective.alpha if alpha is None else alpha, objective.budget, objective.dual_lr, objective.dual_kp)
 
 
 def fit(

@@ -8,7 +8,12 @@ allows only the few plain DeepSpeed types its checkpoints hold.
 
 from __future__ import annotations
 
+import json
+import logging
+import os
+import re
 from pathlib import Path
+from typing import Callable
 
 import torch
 from deepspeed.runtime.checkpoint_engine import TorchCheckpointEngine
@@ -16,6 +21,7 @@ from deepspeed.runtime.checkpoint_engine import TorchCheckpointEngine
 from ..inference.weights import save_weights
 
 TAG = "checkpoint"
+log = logging.getLogger(__name__)
 
 
 def _deepspeed_safe_globals() -> list:
@@ -65,3 +71,80 @@ def load_engine_state(engine, directory: str | Path, scheduler, rank: int, modul
         scheduler.load_state_dict(client_state["scheduler"])
     torch.set_rng_state(client_state["torch_rng"])
     return client_state
+
+
+def load_error_line(path: str | Path, err: BaseException) -> str:
+    """One line for a checkpoint that cannot be loaded: the file, and for a weights-only refusal the
+    disallowed global (torch's message spans a screen)."""
+    text = str(err)
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if found:
+        return f"{path}: refused, it holds the disallowed global {found.group(1)} (checkpoints load with weights_only=True)"
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    return f"{path}: unreadable ({type(err).__name__}: {first[:200]})"
+
+
+def checkpoint_candidates(latest: str | Path) -> list[Path]:
+    """`latest`, then the run's older `checkpoint_*` directories beside it, newest first (Ray names
+    them by time)."""
+    latest = Path(latest)
+    older = sorted((p for p in latest.parent.glob("checkpoint_*") if p.is_dir() and p != latest), reverse=True)
+    return [latest, *older]
+
+
+def resume_engine_state(engine, latest: str | Path, scheduler, rank: int,
+                        agree: Callable[[bool], bool] = lambda ok: ok) -> tuple[dict, Path]:
+    """Restore from the newest checkpoint that loads: `latest`, else the older ones beside it, with
+    a warning naming the unreadable one and the one used. `agree(ok)` is True only when every rank
+    loaded (an all-reduce), so all ranks resume from the same checkpoint. Returns (client state, dir)."""
+    failures = []
+    for candidate in checkpoint_candidates(latest):
+        state, error = None, None
+        try:
+            state = load_engine_state(engine, candidate, scheduler, rank)
+        except Exception as err:  # noqa: BLE001 - any unreadable checkpoint: try the previous one
+            error = load_error_line(candidate, err)
+        if agree(error is None):
+            if failures:
+                log.warning("resuming from %s: the newer checkpoint(s) could not be loaded: %s",
+                            candidate, "; ".join(failures))
+            return state, candidate
+        failures.append(error or f"{candidate}: another rank could not load it")
+    raise RuntimeError(f"no loadable checkpoint in {Path(latest).parent}: {'; '.join(failures)}")
+
+
+SNAPSHOT = "checkpoint_manager_snapshot.json"
+
+
+def drop_missing_checkpoints(run_dir: str | Path) -> list[str]:
+    """Remove from Ray Train's checkpoint snapshot of `run_dir` the checkpoints whose directory is
+    gone (a user deleted a bad one), so that the run resumes from the newest one left instead of
+    Ray refusing the run directory. Rewritten atomically; returns the names dropped."""
+    path = Path(run_dir) / SNAPSHOT
+    if not path.is_file():
+        return []
+    state = json.loads(path.read_text())
+    exists = lambda name: (Path(run_dir) / name).is_dir()  # noqa: E731
+    results, indices = state.get("checkpoint_results", []), state.get("checkpoint_report_indices", [])
+    dropped = [r["checkpoint_dir_name"] for r in results if not exists(r["checkpoint_dir_name"])]
+    pending = state.get("pending_training_results", [])
+    dropped += [r["checkpoint_dir_name"] for r in pending if not exists(r["checkpoint_dir_name"])]
+    if not dropped:
+        return []
+    kept = [(r, i) for r, i in zip(results, indices) if exists(r["checkpoint_dir_name"])]
+    state["checkpoint_results"], state["checkpoint_report_indices"] = [r for r, _ in kept], [i for _, i in kept]
+    state["latest_checkpoint_result"] = max(kept, key=lambda ri: ri[1])[0] if kept else None
+    keep_pending = [exists(r["checkpoint_dir_name"]) for r in pending]
+    state["pending_training_results"] = [r for r, k in zip(pending, keep_pending) if k]
+    if "pending_validation_specs" in state:
+        state["pending_validation_specs"] = [v for v, k in zip(state["pending_validation_specs"], keep_pending) if k]
+    for key in ("validated_checkpoint_dir_names", "timed_out_validation_checkpoint_dir_names",
+                "failed_validation_checkpoint_dir_names"):
+        if key in state:
+            state[key] = [name for name in state[key] if exists(name)]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(state))
+    os.replace(tmp, path)
+    log.warning("%s: dropped the missing checkpoint(s) %s; resuming from %s", path, ", ".join(dropped),
+                state["latest_checkpoint_result"]["checkpoint_dir_name"] if kept else "the start")
+    return dropped

@@ -42,17 +42,18 @@ def run(cfg: Config) -> TrainResult:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    from .checkpoint import drop_missing_checkpoints
     from .worker import train_loop_per_worker
 
     cfg.run.storage_path = str(Path(cfg.run.storage_path).resolve())
     cfg.data.shards = str(Path(cfg.data.shards).resolve())
     run_dir = Path(cfg.run.storage_path) / cfg.run.name
+    drop_missing_checkpoints(run_dir)  # a checkpoint deleted by hand: resume from the newest left
     done = finished(cfg, run_dir)
     if done is not None:
         return done
     save_config(cfg, run_dir / "config.yaml")
-    if not ray.is_initialized():
-        ray.init(runtime_env={"env_vars": worker_env(cfg)})
+    init_ray(cfg)
     resources = {"CPU": cfg.run.cpus_per_worker}
     if cfg.run.use_gpu:
         resources["GPU"] = 1
@@ -101,19 +102,53 @@ def train_result(result, run_dir: Path) -> TrainResult:
     return TrainResult(report, result.checkpoint.path if result.checkpoint else None, result.metrics, run_dir)
 
 
+LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+"""Ray reads it at import: "0" makes a local instance listen on 127.0.0.1 only (Ray 2.60 on Linux
+binds the interface address without it)."""
+
+
+def local_ray_on_loopback() -> None:
+    """With no cluster to join (no RAY_ADDRESS), the Ray instance a command starts binds loopback
+    only (DESIGN §4). Call it before `import ray`: the entry points' first step."""
+    if not os.environ.get("RAY_ADDRESS"):
+        os.environ.setdefault(LOOPBACK_ENV, "0")
+
+
+def init_ray(cfg: Config) -> bool:
+    """Join the cluster in RAY_ADDRESS, or start a local instance; True when this call started Ray."""
+    local_ray_on_loopback()
+    import ray
+
+    if ray.is_initialized():
+        return False
+    ray.init(runtime_env={"env_vars": worker_env(cfg)})
+    if not os.environ.get("RAY_ADDRESS"):
+        print(f"Ray: a local instance on {ray.util.get_node_ip_address()}", flush=True)
+    return True
+
+
 def worker_env(cfg: Config) -> dict[str, str]:
     """Environment the workers need (DeepSpeed's accelerator, the tracking store)."""
     accelerator = os.environ.get("DS_ACCELERATOR", "cuda" if cfg.run.use_gpu else "cpu")
-    env = {"DS_ACCELERATOR": accelerator, "PYTHONUNBUFFERED": "1"}
+    env = {"DS_ACCELERATOR": accelerator, "PYTHONUNBUFFERED": "1",
+           # an unreachable tracking server costs a request ~1 min, not MLflow's default ~5 (7 retries)
+           "MLFLOW_HTTP_REQUEST_MAX_RETRIES": os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2"),
+           "MLFLOW_HTTP_REQUEST_TIMEOUT": os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")}
     if os.environ.get("MLFLOW_TRACKING_URI"):
         env["MLFLOW_TRACKING_URI"] = os.environ["MLFLOW_TRACKING_URI"]
     return env
 
 
 def main(argv=None) -> int:
+    local_ray_on_loopback()
     args = parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)
+        from .tracking import server_problem
+
+        problem = server_problem(cfg)
+        if problem:
+            raise ConfigError([problem])
     except ConfigError as err:
         return err.print_lines("cascade_dist.train")
     controlled = None

@@ -3,6 +3,9 @@
 The store is `tracking.tracking_uri`, else $MLFLOW_TRACKING_URI, else a local sqlite store beside
 the run (`<storage_path>/mlflow.db`, artifacts in `<storage_path>/mlartifacts`): no server needed.
 A resumed run (same run id in the checkpoint) continues the same MLflow run.
+
+A tracking outage never stops training: metrics the server cannot take are kept in the run
+directory's `unsent_metrics.jsonl` and re-sent when the run resumes (or by `resend_unsent`).
 """
 
 from __future__ import annotations
@@ -10,14 +13,23 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import urllib.request
 from pathlib import Path
+from urllib.parse import urlsplit
+
+import logging
 
 import mlflow
 import numpy as np
+from mlflow.exceptions import MlflowException
 
 from .config import Config, save_config, to_container
 from ..method.evaluate import EvalReport
 from ..inference.plots import accuracy_matrix_plot, exit_histogram, tradeoff_plot
+
+log = logging.getLogger(__name__)
+UNSENT = "unsent_metrics.jsonl"
+OUTAGE = (MlflowException, OSError)  # what MLflow raises when its server is gone (requests errors are OSErrors)
 
 
 def tracking_uri(cfg: Config) -> str:
@@ -26,6 +38,27 @@ def tracking_uri(cfg: Config) -> str:
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
     return f"sqlite:///{Path(cfg.run.storage_path).resolve() / 'mlflow.db'}"
+
+
+def server_problem(cfg: Config, timeout_s: float = 5.0) -> str | None:
+    """One line when the tracking store is an MLflow server that does not answer its `/health`
+    endpoint within `timeout_s` (checked before any worker starts; MLflow itself would retry for
+    minutes inside the workers); None when it answers or the store is not a server."""
+    uri = tracking_uri(cfg)
+    if not cfg.tracking.enabled or not uri.startswith(("http://", "https://")):
+        return None
+    key = "tracking.tracking_uri" if cfg.tracking.tracking_uri else "MLFLOW_TRACKING_URI"
+    parts = urlsplit(uri)
+    netloc = parts.netloc.rpartition("@")[2]  # never print (or send) the userinfo
+    shown = f"{parts.scheme}://{netloc}{parts.path}"
+    try:
+        with urllib.request.urlopen(f"{shown.rstrip('/')}/health", timeout=timeout_s) as response:
+            if response.status == 200:
+                return None
+            reason = f"HTTP {response.status}"
+    except OSError as err:  # refused, unresolvable, timed out, an HTTP error status
+        reason = str(getattr(err, "reason", None) or err)
+    return f"{key}: no MLflow server answers at {shown} ({reason}); start it or fix the URI"
 
 
 def ensure_experiment(cfg: Config) -> str:
@@ -52,10 +85,12 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, str]:
 
 
 class RunTracker:
-    """One MLflow run per training run; `run_id` given → that run is resumed."""
+    """One MLflow run per training run; `run_id` given → that run is resumed (and the metrics an
+    outage kept in `spool_dir` are sent first)."""
 
-    def __init__(self, cfg: Config, run_id: str | None = None):
+    def __init__(self, cfg: Config, run_id: str | None = None, spool_dir: str | Path | None = None):
         self.cfg = cfg
+        self.spool = Path(spool_dir) / UNSENT if spool_dir is not None else None
         experiment_id = ensure_experiment(cfg)
         tags = {"mlflow.parentRunId": cfg.tracking.parent_run_id} if cfg.tracking.parent_run_id else None
         self.run = mlflow.start_run(run_id=run_id, experiment_id=experiment_id, run_name=None if run_id else cfg.run.name, tags=tags)
@@ -64,9 +99,22 @@ class RunTracker:
             mlflow.log_params(flatten(to_container(cfg)))
             with tempfile.TemporaryDirectory() as tmp:
                 mlflow.log_artifact(str(save_config(cfg, Path(tmp) / "config.yaml")))
+        if self.spool is not None:
+            resend_unsent(self.spool, self.run_id)
 
     def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
-        mlflow.log_metrics({k: float(v) for k, v in metrics.items() if k != "epoch"}, step=epoch, run_id=self.run_id)
+        """Send the epoch's metrics; if the server cannot take them, keep them in the spool file."""
+        values = {k: float(v) for k, v in metrics.items() if k != "epoch"}
+        try:
+            mlflow.log_metrics(values, step=epoch, run_id=self.run_id)
+        except OUTAGE as err:
+            if self.spool is None:
+                raise
+            self.spool.parent.mkdir(parents=True, exist_ok=True)
+            with self.spool.open("a") as f:
+                f.write(json.dumps({"run_id": self.run_id, "step": epoch, "metrics": values}) + "\n")
+            log.warning("tracking server unreachable (%s): epoch %d's metrics kept in %s, re-sent on resume",
+                        type(err).__name__, epoch, self.spool)
 
     def log_final(self, model, report: EvalReport) -> None:
         """report.json, the summary table, the three figures and the model."""
@@ -83,6 +131,31 @@ class RunTracker:
 
     def end(self) -> None:
         mlflow.end_run()
+
+    def finish(self, model, report: EvalReport | None) -> None:
+        """The final artifacts and the end of the run; an outage here is a warning (the checkpoints
+        hold report.json and the weights), not a failed run."""
+        try:
+            if report is not None:
+                self.log_final(model, report)
+            self.end()
+        except OUTAGE as err:
+            log.warning("tracking server unreachable (%s): final artifacts not logged; the last checkpoint "
+                        "holds report.json and cascade.pt", type(err).__name__)
+
+
+def resend_unsent(spool: str | Path, run_id: str | None = None) -> int:
+    """Send the metrics an outage kept in `spool` (an `unsent_metrics.jsonl`) to the current
+    tracking store, then remove the file; returns how many epochs were sent."""
+    spool = Path(spool)
+    if not spool.is_file():
+        return 0
+    records = [json.loads(line) for line in spool.read_text().splitlines() if line.strip()]
+    for rec in records:
+        mlflow.log_metrics(rec["metrics"], step=rec["step"], run_id=run_id or rec["run_id"])
+    spool.unlink()
+    log.warning("re-sent %d epoch(s) of metrics kept in %s", len(records), spool)
+    return len(records)
 
 
 def log_cascade_model(model) -> None:

@@ -21,7 +21,7 @@ import torch.distributed as dist
 from ..data import make_loader
 from ..method.evaluate import evaluate
 from ..method.training import build_optimizer, make_budget, train_epoch
-from .checkpoint import load_engine_state, save_engine_state
+from .checkpoint import load_engine_state, resume_engine_state, save_engine_state
 from ..inference.calibration import CALIBRATION_FILE
 from .config import Config, from_container, save_config
 from .operating_point import budget_calibration, describe
@@ -101,7 +101,7 @@ def train_loop_per_worker(config: dict) -> None:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as ckpt_dir:
-            state = load_engine_state(engine, ckpt_dir, scheduler, rank)
+            state, _ = resume_engine_state(engine, ckpt_dir, scheduler, rank, agree=lambda ok: _all_ranks(ok, all_reduce))
         start_epoch, tracking_state, alpha = state["epoch"] + 1, state["tracking"], state.get("alpha")
     elif cfg.run.warm_start:
         same_optimizer = warm_start_optimizer(cfg.run.warm_start) == cfg.optim.optimizer
@@ -126,7 +126,8 @@ def train_loop_per_worker(config: dict) -> None:
     if rank == 0 and cfg.tracking.enabled:
         from .tracking import RunTracker
 
-        tracker = RunTracker(cfg, run_id=tracking_state.get("run_id"))
+        local_run_dir = None if "://" in cfg.run.storage_path else Path(cfg.run.storage_path) / cfg.run.name
+        tracker = RunTracker(cfg, run_id=tracking_state.get("run_id"), spool_dir=local_run_dir)
 
     report = None
     for epoch in range(start_epoch, cfg.optim.epochs):
@@ -145,14 +146,13 @@ def train_loop_per_worker(config: dict) -> None:
                           theta=calibration.theta if calibration else None)
         if calibration:
             report.operating_point = describe(calibration)
+        skipped = all_reduce(torch.tensor([float(train_loader.skipped + eval_loader.skipped)]))
         metrics = {"epoch": epoch, **{f"train_{k}": v for k, v in _mean_over_workers(train_stats, all_reduce).items()},
-                   **report.metrics()}
-        if tracker:
-            tracker.log_epoch(epoch, metrics)
-        with tempfile.TemporaryDirectory() as tmp:
+                   **report.metrics(), "data_skipped": float(skipped)}  # bad samples skipped so far, all ranks
+        with tempfile.TemporaryDirectory() as tmp:  # the checkpoint first: a tracking outage loses nothing
             save_engine_state(engine, tmp, scheduler, epoch, rank,
                               tracking={"run_id": tracker.run_id} if tracker else tracking_state,
-                              alpha=budget.alpha if budget else None)
+                              alpha=budget.integral if budget else None)
             (Path(tmp) / f"steps_rank{rank}_epoch{epoch}.json").write_text(json.dumps(steps))
             if rank == 0:  # the checkpoint carries what it takes to rebuild and judge the model
                 (Path(tmp) / "report.json").write_text(json.dumps(report.__dict__, indent=1))
@@ -160,11 +160,11 @@ def train_loop_per_worker(config: dict) -> None:
                 if calibration:
                     calibration.save(Path(tmp) / CALIBRATION_FILE)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        if tracker:
+            tracker.log_epoch(epoch, metrics)
 
     if tracker:
-        if report is not None:
-            tracker.log_final(model, report)
-        tracker.end()
+        tracker.finish(model, report)
 
 
 def warm_start_optimizer(checkpoint: str) -> str | None:
@@ -185,6 +185,11 @@ def _reset_learning_rates(scheduler, cfg: Config) -> None:
         group["initial_lr"] = base
         group["lr"] = base * factor(scheduler.last_epoch)
     scheduler._last_lr = [g["lr"] for g in scheduler.optimizer.param_groups]
+
+
+def _all_ranks(ok: bool, all_reduce) -> bool:
+    """True when `ok` holds on every rank."""
+    return float(all_reduce(torch.tensor([float(not ok)]))) == 0.0
 
 
 def _mean_over_workers(stats: dict[str, float], all_reduce) -> dict[str, float]:

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..runtime import launch
 from ..runtime.config import DEFAULT_CONFIG, Config, ConfigError, load_config, shipped_configs, to_container
 from .trials import VARIANTS, SweepContext, Trial, TrialSpec, budget_choice, next_alpha, run_trials, trial_config
 
@@ -82,6 +83,7 @@ def check_args(args: argparse.Namespace) -> list[str]:
 
 
 def main(argv=None) -> int:
+    launch.local_ray_on_loopback()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     problems = check_args(args)
@@ -143,14 +145,11 @@ def sweep(cfg: Config, args: argparse.Namespace, command: str) -> int:
     import mlflow
     import ray
 
-    from ..runtime import launch
 
     cfg.run.storage_path = str(Path(cfg.run.storage_path).resolve())
     cfg.data.shards = str(Path(cfg.data.shards).resolve())
     previous_uri = mlflow.get_tracking_uri()  # ensure_experiment sets it process-wide: restored below
-    own_ray = not ray.is_initialized()
-    if own_ray:
-        ray.init(runtime_env={"env_vars": launch.worker_env(cfg)})
+    own_ray = launch.init_ray(cfg)
     try:
         s = open_sweep(cfg, args, command)
         if s is None:
@@ -201,7 +200,6 @@ def open_sweep(cfg: Config, args: argparse.Namespace, command: str) -> Sweep | N
 
 def shared_warmup(s: Sweep):
     """The cross-entropy warm-up, once for every trial (tracked on the parent run, not as a child)."""
-    from ..runtime import launch
 
     from ..runtime.control import warmup_config
 

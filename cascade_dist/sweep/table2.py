@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+from ..runtime import launch
 from ..runtime.config import ConfigError, load_config
 from .protocol import METHOD_LABELS, NAMED_BUDGETS, RECIPES, mean_std, score_seed, train_seed
 
@@ -35,6 +36,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
+    launch.local_ray_on_loopback()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     if len(set(args.seeds)) < len(args.seeds) or not args.seeds:
@@ -53,16 +55,12 @@ def main(argv=None) -> int:
 
 
 def protocol(cfg, args, command: str) -> int:
-    import ray
-
-    from ..runtime import launch
 
     start = time.perf_counter()
     cfg.run.storage_path = str(Path(cfg.run.storage_path).resolve())
     cfg.data.shards = str(Path(cfg.data.shards).resolve())
     recipes = [r for r in RECIPES if r.name in args.recipes]
-    if not ray.is_initialized():
-        ray.init(runtime_env={"env_vars": launch.worker_env(cfg)})
+    launch.init_ray(cfg)
     seeds, static = {}, {}
     for seed in args.seeds:
         checkpoints = train_seed(cfg, seed, recipes, launch.run)

@@ -58,8 +58,9 @@ def _reader(src: Path, folder: str):
 def _unpickle(read, where, name: str, keys: list[bytes]) -> dict:
     try:
         d = safe_loads(read(name))
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError) as e:
-        raise ShardError(f"{where(name)}: not a CIFAR pickle ({e})") from None
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, LookupError, AttributeError, MemoryError) as e:
+        detail = " ".join(str(e).split())[:100]
+        raise ShardError(f"{where(name)}: not a CIFAR pickle ({type(e).__name__}: {detail})") from None
     if not isinstance(d, dict):
         raise ShardError(f"{where(name)}: expected a pickled dict, got {type(d).__name__}")
     missing = [k.decode() for k in keys if k not in d]

@@ -30,7 +30,7 @@ def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
             data = z["data"] if "data" in files else None
             labels = np.asarray(z["labels"]) if "labels" in files else None
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as e:
-        raise ShardError(f"{path}: truncated or corrupt npz ({e})") from None
+        raise ShardError(f"{path}: truncated or corrupt npz ({type(e).__name__}: {str(e).splitlines()[0][:80] if str(e) else ''})") from None
     if data is None or labels is None:
         raise ShardError(f"{path}: expected arrays 'data' and 'labels', found {sorted(files)}")
     side = int(round((data.shape[1] / 3) ** 0.5)) if data.ndim == 2 else 0

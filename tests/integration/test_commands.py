@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -37,3 +39,36 @@ def test_data_shards_missing_source_from_the_command_line(tmp_path):
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(lines) == 1, r.stderr
     assert lines[0].startswith("data_shards: error:") and str(missing) in lines[0]
+
+
+def test_an_unreachable_tracking_server_is_one_line_and_exit_2_before_any_worker(tmp_path, small_fashion_mnist_shards):
+    import socket
+
+    with socket.socket() as s:  # a free port: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "cascade_dist.train", f"data.shards={small_fashion_mnist_shards}",
+                           f"tracking.tracking_uri=http://user:secret@127.0.0.1:{port}", f"run.storage_path={tmp_path}/runs"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-2000:]
+    assert lines[0].startswith("cascade_dist.train: config error: tracking.tracking_uri: no MLflow server answers at "
+                               f"http://127.0.0.1:{port} "), lines[0]
+    assert "secret" not in proc.stdout + proc.stderr
+    assert not (tmp_path / "runs").exists()  # nothing was started or written
+    assert time.perf_counter() - start < 60
+
+
+@pytest.mark.timeout(300)
+def test_train_binds_its_local_ray_to_loopback_without_the_makefiles_environment(tmp_path, small_fashion_mnist_shards):
+    """Without RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER (which only the Makefile and the test session
+    export), Ray 2.60 puts a local node on the interface address; the command sets it itself."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_ADDRESS")}
+    proc = subprocess.run([sys.executable, "-m", "cascade_dist.train", f"data.shards={small_fashion_mnist_shards}",
+                           "model.classifiers=[preact_resnet8,preact_resnet14]", "objective.budget=null",
+                           "optim.warmup_epochs=1", "optim.joint_epochs=0", "run.num_workers=1", "run.progress=false",
+                           f"run.storage_path={tmp_path}/runs", f"tracking.tracking_uri=sqlite:///{tmp_path}/mlflow.db"],
+                          capture_output=True, text=True, cwd=REPO, env=env, timeout=280)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "Ray: a local instance on 127.0.0.1" in proc.stdout, proc.stdout[-2000:]

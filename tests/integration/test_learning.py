@@ -70,7 +70,8 @@ def test_cascade_learns_on_fashion_mnist_and_cost_falls_with_alpha(warm_cascade)
 
 @pytest.mark.slow
 def test_budget_mode_keeps_the_expected_cost_within_the_budget(warm_cascade_4):
-    """Dual ascent on α (Ours (S), exact estimator): the expected training cost ends within its budget,
+    """PI dual ascent on α (Ours (S), exact estimator; plain dual ascent overshot by 7 points at
+    seed 0 and swung from 54 % to 34 % and back between epochs; K_p = 1 holds 5 of 5 seeds): the expected training cost ends within its budget,
     close to it where the budget binds (the loose 90 % once collapsed to "stop everything": the
     saturation guard keeps it from that), and the test cost follows; with θ calibrated on held-out
     images to the budget, the hard-exit test cost lands within ±3 points of it."""
@@ -81,7 +82,7 @@ def test_budget_mode_keeps_the_expected_cost_within_the_budget(warm_cascade_4):
         cascade = copy.deepcopy(model)
         torch.manual_seed(SEED)
         joint = OptimConfig(optimizer="adam", warmup_epochs=0, joint_epochs=3, freeze_classifiers=True, policy_lr=1e-3)
-        objective = ObjectiveConfig(alpha=0.05, estimator="exact", budget=budget, dual_lr=0.02)
+        objective = ObjectiveConfig(alpha=0.05, estimator="exact", budget=budget, dual_lr=0.02, dual_kp=1.0)
         last = fit(cascade, data, joint, objective, eval_loader=test, eval_config=EvalConfig(tau=0.5), progress=False)[-1]
         runs[budget] = last
         print(f"\nbudget={budget}: alpha_end={last['train']['alpha_end']:.4f} expected={100 * last['train']['expected_cost']:.1f}% "

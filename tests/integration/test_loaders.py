@@ -25,7 +25,8 @@ import torch
 from cascade_dist.data import AugmentSpec, DataError, default_augment, make_loader
 from cascade_dist.data.manifest import Manifest, ShardInfo
 from bad_images import corrupt_idat
-from data_shards.writer import make_index, sha256_of
+from cascade_dist.data.checksums import file_sha256
+from data_shards.writer import make_index
 
 BACKENDS = ["dali", "torch"]
 
@@ -241,7 +242,7 @@ def small_split(src_split: Path, dst_root: Path, mutate=None, n: int = 300, per_
                 info.size = len(data)
                 tar.addfile(info, io.BytesIO(data))
         make_index(tar_path, split_dir / f"{name}.idx")
-        shards.append(ShardInfo(f"{name}.tar", f"{name}.idx", per_shard, sha256_of(tar_path)))
+        shards.append(ShardInfo(f"{name}.tar", f"{name}.idx", per_shard, file_sha256(tar_path)))
     dataclasses.replace(src, num_samples=n, shards=shards).save(split_dir)
     return dst_root, keys
 
@@ -302,9 +303,8 @@ def test_dali_corrupt_image_stops_with_shard_and_key(fashion_mnist_shards, tmp_p
 )
 def test_bad_sample_stops_with_shard_and_key(kind, backend, fashion_mnist_shards, tmp_path):
     root, key = bad_split(fashion_mnist_shards, tmp_path, kind)
-    loader = make_loader(root, "val", 64, backend=backend, train=False, num_workers=2)
-    with pytest.raises(DataError) as err:
-        collect(loader)
+    with pytest.raises(DataError) as err:  # a truncated shard fails its sha256 check when opened
+        collect(make_loader(root, "val", 64, backend=backend, train=False, num_workers=2))
     msg = str(err.value)
     assert "fashion-mnist-val-000001.tar" in msg, msg
     if kind != "truncated":
@@ -335,6 +335,15 @@ def test_clear_errors_for_bad_options_and_paths(fashion_mnist_shards, tmp_path):
     root, _ = small_split(fashion_mnist_shards / "val", tmp_path / "copy")
     with pytest.raises(FileNotFoundError, match="no split 'test'"):
         make_loader(root, "test", 8, train=False)
+    shard = root / "val" / "fashion-mnist-val-000001.tar"
+    data = bytearray(shard.read_bytes())
+    data[1000] ^= 0xFF  # one flipped byte inside a member: size, count and index all still agree
+    shard.write_bytes(bytes(data))
+    for backend in BACKENDS:
+        with pytest.raises(DataError, match=r"shard .*fashion-mnist-val-000001.tar: sha256 .* differs"):
+            make_loader(root, "val", 8, train=False, backend=backend)
+    data[1000] ^= 0xFF
+    shard.write_bytes(bytes(data))
     (root / "val" / "fashion-mnist-val-000001.idx").unlink()
     with pytest.raises(DataError, match="fashion-mnist-val-000001.idx"):
         make_loader(root, "val", 8, train=False)
@@ -362,10 +371,10 @@ def all_reduce(t):
     return t
 
 for root, backend, on_error in cases:
-    loader = make_loader(root, "val", 50, backend=backend, train=True, rank=rank, world_size=2, num_workers=1,
-                         augment=False, on_error=on_error)
     steps = 0
     try:
+        loader = make_loader(root, "val", 50, backend=backend, train=True, rank=rank, world_size=2, num_workers=1,
+                             augment=False, on_error=on_error)
         for x, y in in_lockstep(loader, all_reduce):
             all_reduce(torch.ones(1))  # the gradient all-reduce of a training step
             steps += 1

@@ -122,6 +122,38 @@ def test_resubmitting_a_run_resumes_it(finished_run, small_fashion_mnist_shards)
     assert resumed[0]["alpha"] == pytest.approx(first.metrics["train_alpha_end"])
 
 
+def test_a_truncated_or_deleted_latest_checkpoint_leaves_the_run_resumable(finished_run, small_fashion_mnist_shards, tmp_path):
+    """A copy of a finished run: its newest checkpoint's model states truncated, the resume falls
+    back to the previous checkpoint (and retrains from there); then the newest checkpoint deleted
+    outright, the resume still starts (Ray's snapshot no longer names it), with no hand-editing."""
+    import shutil
+
+    from cascade_dist.runtime.checkpoint import SNAPSHOT
+
+    _, _, storage = finished_run
+    shutil.copytree(storage / "integration", tmp_path / "copy")
+    snapshot = lambda: json.loads((tmp_path / "copy" / SNAPSHOT).read_text())  # noqa: E731
+    newest = tmp_path / "copy" / snapshot()["latest_checkpoint_result"]["checkpoint_dir_name"]
+    last_epoch = snapshot()["latest_checkpoint_result"]["metrics"]["epoch"]
+    states = newest / "checkpoint" / "mp_rank_00_model_states.pt"
+    states.write_bytes(states.read_bytes()[: states.stat().st_size // 2])
+
+    def resume(joint_epochs: int):
+        overrides = tiny_overrides(small_fashion_mnist_shards, tmp_path, "copy", **{
+            "optim.joint_epochs": joint_epochs, "tracking.enabled": "false"})
+        return run(load_config("demo", overrides))
+
+    result = resume(last_epoch + 1)  # one epoch more than the copy trained
+    assert result.metrics["epoch"] == last_epoch + 1
+    retrained = [p for p in (tmp_path / "copy").glob(f"checkpoint_*/steps_rank0_epoch{last_epoch}.json") if p.parent != newest]
+    assert retrained  # the truncated checkpoint's epoch was trained again, from the previous checkpoint
+
+    shutil.rmtree(Path(result.checkpoint_path))  # the newest checkpoint, removed by hand
+    result = resume(last_epoch + 1)
+    assert result.metrics["epoch"] == last_epoch + 1 and Path(result.checkpoint_path).is_dir()
+    assert all((tmp_path / "copy" / r["checkpoint_dir_name"]).is_dir() for r in snapshot()["checkpoint_results"])
+
+
 def test_killed_worker_resumes_from_last_checkpoint(tmp_path, small_fashion_mnist_shards, ray_local):
     extra = {"run.fail_at_epoch": 0, "run.max_failures": 1}
     cfg = load_config("demo", tiny_overrides(small_fashion_mnist_shards, tmp_path, "faulty", **extra))

@@ -214,8 +214,18 @@ def test_cost_budget_dual_ascent_moves_alpha_with_the_global_expected_cost():
     assert budget.step(expected_cost=0.0, count=10) == 0.0                               # never below 0
     # two workers: the other holds 30 images at cost 1.0, so the global mean is (10·0.2 + 30·1.0)/40 = 0.8
     other = torch.tensor([30 * 1.0, 30.0], dtype=torch.float64)
-    budget.alpha = 0.0
+    budget = CostBudget(alpha=0.0, budget_pct=50, lr=0.1)
     assert budget.step(0.2, 10, all_reduce=lambda t: t + other) == pytest.approx(0.1 * (0.8 - 0.5))
+
+
+def test_cost_budget_proportional_term_answers_at_once_and_leaves_the_integral_alone():
+    budget = CostBudget(alpha=0.05, budget_pct=50, lr=0.1, kp=0.5)
+    assert budget.step(expected_cost=0.7, count=10) == pytest.approx(0.05 + 0.1 * 0.2 + 0.5 * 0.2)
+    assert budget.integral == pytest.approx(0.05 + 0.1 * 0.2)
+    # back on budget: the proportional part is gone at once, the integral keeps what it learnt
+    assert budget.step(expected_cost=0.5, count=10) == pytest.approx(0.07)
+    # far under budget: α clamps at 0 while the integral stays positive
+    assert budget.step(expected_cost=0.3, count=10) == 0.0 and budget.integral == pytest.approx(0.05)
 
 
 def test_budget_config_is_checked():
@@ -223,6 +233,8 @@ def test_budget_config_is_checked():
         ObjectiveConfig(budget=0)
     with pytest.raises(ValueError, match="dual_lr"):
         ObjectiveConfig(budget=40, dual_lr=0)
+    with pytest.raises(ValueError, match="dual_kp"):
+        ObjectiveConfig(budget=40, dual_kp=-1)
 
 
 # ---- top-k: the classifiers' REINFORCE term (Plackett–Luce k-subsets) ---------------------------------
