@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from ..data.config import DataConfig
+from ..data.redact import redact_tree
 from ..method.evaluate import EvalConfig
 from ..method.exit_rule import ExitRule
 from ..method.models import ModelConfig
@@ -200,9 +201,10 @@ def from_container(data: dict[str, Any]) -> Config:
 
 
 def save_config(cfg: Config, path: str | Path) -> Path:
+    """The config as YAML, passwords in URIs redacted (`data.redact`): no secret reaches a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+    path.write_text(OmegaConf.to_yaml(redact_tree(to_container(cfg))))
     return path
 
 

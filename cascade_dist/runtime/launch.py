@@ -15,6 +15,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..data.redact import redact_tree
 from .config import DEFAULT_CONFIG, Config, ConfigError, load_config, save_config, shipped_configs, to_container
 from ..method.evaluate import EvalReport
 
@@ -47,6 +48,7 @@ def run(cfg: Config) -> TrainResult:
 
     cfg.run.storage_path = str(Path(cfg.run.storage_path).resolve())
     cfg.data.shards = str(Path(cfg.data.shards).resolve())
+    cfg.tracking.tracking_uri = cfg.tracking.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     run_dir = Path(cfg.run.storage_path) / cfg.run.name
     drop_missing_checkpoints(run_dir)  # a checkpoint deleted by hand: resume from the newest left
     done = finished(cfg, run_dir)
@@ -80,7 +82,7 @@ def finished(cfg: Config, run_dir: Path) -> TrainResult | None:
 
     if not (run_dir / "checkpoint_manager_snapshot.json").is_file() or not (run_dir / "config.yaml").is_file():
         return None
-    if OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml")) != to_container(cfg):
+    if OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml")) != redact_tree(to_container(cfg)):
         return None
     try:
         result = Result.from_path(str(run_dir))
@@ -134,8 +136,8 @@ def worker_env(cfg: Config) -> dict[str, str]:
            # an unreachable tracking server costs a request ~1 min, not MLflow's default ~5 (7 retries)
            "MLFLOW_HTTP_REQUEST_MAX_RETRIES": os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2"),
            "MLFLOW_HTTP_REQUEST_TIMEOUT": os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")}
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        env["MLFLOW_TRACKING_URI"] = os.environ["MLFLOW_TRACKING_URI"]
+    # MLFLOW_TRACKING_URI is not forwarded: Ray logs a runtime env, and the URI may hold a password.
+    # `run` puts it in the config, which reaches the workers unlogged and is redacted wherever written.
     return env
 
 

@@ -15,7 +15,7 @@ import os
 import tempfile
 import urllib.request
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import logging
 
@@ -23,6 +23,7 @@ import mlflow
 import numpy as np
 from mlflow.exceptions import MlflowException
 
+from ..data.redact import redact_tree
 from .config import Config, save_config, to_container
 from ..method.evaluate import EvalReport
 from ..inference.plots import accuracy_matrix_plot, exit_histogram, tradeoff_plot
@@ -33,11 +34,21 @@ OUTAGE = (MlflowException, OSError)  # what MLflow raises when its server is gon
 
 
 def tracking_uri(cfg: Config) -> str:
-    if cfg.tracking.tracking_uri:
-        return cfg.tracking.tracking_uri
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
-    return f"sqlite:///{Path(cfg.run.storage_path).resolve() / 'mlflow.db'}"
+    """The store's URI without any `user:password@`: credentials in an http(s) URI move to
+    MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD of this process (MLflow's own basic-auth
+    variables), so MLflow never prints them ("View run at ...") and nothing logs them."""
+    uri = cfg.tracking.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        return f"sqlite:///{Path(cfg.run.storage_path).resolve() / 'mlflow.db'}"
+    parts = urlsplit(uri)
+    if parts.scheme in ("http", "https") and "@" in parts.netloc:
+        userinfo, _, host = parts.netloc.rpartition("@")
+        user, _, password = userinfo.partition(":")
+        os.environ["MLFLOW_TRACKING_USERNAME"] = unquote(user)
+        if password:
+            os.environ["MLFLOW_TRACKING_PASSWORD"] = unquote(password)
+        uri = urlunsplit(parts._replace(netloc=host))
+    return uri
 
 
 def server_problem(cfg: Config, timeout_s: float = 5.0) -> str | None:
@@ -48,9 +59,8 @@ def server_problem(cfg: Config, timeout_s: float = 5.0) -> str | None:
     if not cfg.tracking.enabled or not uri.startswith(("http://", "https://")):
         return None
     key = "tracking.tracking_uri" if cfg.tracking.tracking_uri else "MLFLOW_TRACKING_URI"
-    parts = urlsplit(uri)
-    netloc = parts.netloc.rpartition("@")[2]  # never print (or send) the userinfo
-    shown = f"{parts.scheme}://{netloc}{parts.path}"
+    parts = urlsplit(uri)  # userinfo already moved out by tracking_uri
+    shown = f"{parts.scheme}://{parts.netloc}{parts.path}"
     try:
         with urllib.request.urlopen(f"{shown.rstrip('/')}/health", timeout=timeout_s) as response:
             if response.status == 200:
@@ -96,7 +106,7 @@ class RunTracker:
         self.run = mlflow.start_run(run_id=run_id, experiment_id=experiment_id, run_name=None if run_id else cfg.run.name, tags=tags)
         self.run_id = self.run.info.run_id
         if run_id is None:
-            mlflow.log_params(flatten(to_container(cfg)))
+            mlflow.log_params(flatten(redact_tree(to_container(cfg))))
             with tempfile.TemporaryDirectory() as tmp:
                 mlflow.log_artifact(str(save_config(cfg, Path(tmp) / "config.yaml")))
         if self.spool is not None:

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data.redact import redact, redact_tree
 from ..runtime import launch
 from ..runtime.config import DEFAULT_CONFIG, Config, ConfigError, load_config, shipped_configs, to_container
 from .trials import VARIANTS, SweepContext, Trial, TrialSpec, budget_choice, next_alpha, run_trials, trial_config
@@ -103,7 +104,7 @@ def main(argv=None) -> int:
         for problem in dict.fromkeys(problems):
             print(f"{PROG}: error: {problem}", file=sys.stderr)
         return 2
-    return sweep(cfg, args, command=shlex.join(["python", "tuning/sweep_alpha.py", *argv]))
+    return sweep(cfg, args, command=redact(shlex.join(["python", "tuning/sweep_alpha.py", *argv])))
 
 
 @dataclass
@@ -193,7 +194,7 @@ def open_sweep(cfg: Config, args: argparse.Namespace, command: str) -> Sweep | N
     params = {"sweep.alphas": args.alphas, "sweep.policy_lrs": s.policy_lrs, "sweep.variants": args.variants,
               "sweep.shared_warmup": not args.no_shared_warmup, "sweep.max_concurrent": max_concurrent,
               "sweep.budget": args.budget, "sweep.command": command[:5000]}
-    for k, v in {**params, **flatten(to_container(cfg))}.items():
+    for k, v in {**params, **flatten(redact_tree(to_container(cfg)))}.items():
         s.log_param(k, v)
     return s
 

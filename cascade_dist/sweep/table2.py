@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+from ..data.redact import redact
 from ..runtime import launch
 from ..runtime.config import ConfigError, load_config
 from .protocol import METHOD_LABELS, NAMED_BUDGETS, RECIPES, mean_std, score_seed, train_seed
@@ -50,7 +51,7 @@ def main(argv=None) -> int:
         print(f"{PROG}: error: --held-out-split: no split {args.held_out_split!r} under {cfg.data.shards} "
               f"(build the shards with --val-split)", file=sys.stderr)
         return 2
-    command = shlex.join(["python", "tuning/table2.py", *argv])
+    command = redact(shlex.join(["python", "tuning/table2.py", *argv]))
     return protocol(cfg, args, command)
 
 

@@ -425,6 +425,9 @@ def test_submitted_job_logs_to_the_mlflow_server(cluster, tmp_path):
     assert err.value.code == 403
 
 
+PASSWORD = "Zq7hunter2"  # a word no store schema or log holds by itself
+
+
 def test_train_job_end_to_end(cluster, tmp_path, small_fashion_mnist_shards):
     """`ray job submit --working-dir . -- python -m cascade_dist.train <tiny config>` on the head,
     logging to the MLflow server: SUCCEEDED, and the run's metrics readable over REST."""
@@ -433,7 +436,9 @@ def test_train_job_end_to_end(cluster, tmp_path, small_fashion_mnist_shards):
         f"data.shards={small_fashion_mnist_shards}", "data.batch_size=64", "data.eval_batch_size=250",
         "model.classifiers=[preact_resnet8,preact_resnet14]", "objective.budget=null", "optim.warmup_epochs=1", "optim.joint_epochs=1",
         f"run.storage_path={tmp_path / 'runs'}", "run.name=e2e", "run.progress=false",
-        f"tracking.tracking_uri={cluster.mlflow_url}", "tracking.experiment=e2e", "tracking.log_model=false",
+        # a password in the URI (the server ignores basic auth): it must reach no param, file or log
+        f"tracking.tracking_uri={cluster.mlflow_url.replace('://', f'://user:{PASSWORD}@')}", "tracking.experiment=e2e",
+        "tracking.log_model=false",
     ]
     t0 = time.monotonic()
     r = _run([RAY, "job", "submit", "--submission-id", submission_id, "--working-dir", str(REPO),
@@ -457,6 +462,14 @@ def test_train_job_end_to_end(cluster, tmp_path, small_fashion_mnist_shards):
     assert int(metrics["accuracy"]["step"]) == 1 and 0.1 < metrics["accuracy"]["value"] <= 1.0
     params = {p["key"]: p["value"] for p in runs[0]["data"]["params"]}
     assert params["run.name"] == "e2e" and params["model.classifiers"] == "['preact_resnet8', 'preact_resnet14']"
+    assert params["tracking.tracking_uri"] == cluster.mlflow_url.replace("://", "://user:***@")
+    # the secret is nowhere: the job's output, the run directory, the MLflow store and its artifacts
+    ours = [line for line in (r.stdout + r.stderr).splitlines()
+            if not line.startswith("Running entrypoint for job")]  # Ray's echo of the user's own command line
+    assert not [line for line in ours if PASSWORD in line]
+    leaks = [p for root in (tmp_path / "runs", cluster.mlflow_home) for p in root.rglob("*")
+             if p.is_file() and PASSWORD.encode() in p.read_bytes()]
+    assert not leaks, leaks
 
 
 def test_servers_listen_on_loopback_only(cluster):
