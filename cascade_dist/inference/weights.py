@@ -9,6 +9,7 @@ run's resolved config. Rebuilding needs only the config's `model`, `eval` and `d
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,12 +83,23 @@ def read_sections(config_file: Path) -> tuple[ModelConfig, EvalConfig, DataConfi
     return tuple(out)
 
 
+def load_error_line(path: str | Path, err: BaseException) -> str:
+    """One line for a file `torch.load(weights_only=True)` could not load: the file, and for a
+    weights-only refusal the disallowed global (torch's own message spans a screen)."""
+    text = str(err)
+    found = re.search(r"[Uu]nsupported (?:global: )?GLOBAL ([\w.]+)", text)  # both of torch's phrasings
+    if found:
+        return f"{path}: refused, it holds the disallowed global {found.group(1)} (loaded with weights_only=True)"
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    return f"{path}: unreadable ({type(err).__name__}: {first[:200]})"
+
+
 def load_weights(model: torch.nn.Module, file: Path) -> torch.nn.Module:
     """Load a `cascade.pt` state dict into `model` (weights only; errors name the file)."""
     try:
         state = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 (torch raises many kinds for a bad file)
-        raise ValueError(f"{file}: not a weights-only state dict ({str(err).strip().splitlines()[0]})") from None
+        raise ValueError(load_error_line(file, err)) from None
     if not isinstance(state, dict):
         raise ValueError(f"{file}: expected a state dict, got {type(state).__name__}")
     try:

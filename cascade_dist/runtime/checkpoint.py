@@ -11,14 +11,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 from pathlib import Path
 from typing import Callable
 
 import torch
 from deepspeed.runtime.checkpoint_engine import TorchCheckpointEngine
 
-from ..inference.weights import save_weights
+from ..inference.weights import load_error_line, save_weights
 
 TAG = "checkpoint"
 log = logging.getLogger(__name__)
@@ -71,17 +70,6 @@ def load_engine_state(engine, directory: str | Path, scheduler, rank: int, modul
         scheduler.load_state_dict(client_state["scheduler"])
     torch.set_rng_state(client_state["torch_rng"])
     return client_state
-
-
-def load_error_line(path: str | Path, err: BaseException) -> str:
-    """One line for a checkpoint that cannot be loaded: the file, and for a weights-only refusal the
-    disallowed global (torch's message spans a screen)."""
-    text = str(err)
-    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
-    if found:
-        return f"{path}: refused, it holds the disallowed global {found.group(1)} (checkpoints load with weights_only=True)"
-    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
-    return f"{path}: unreadable ({type(err).__name__}: {first[:200]})"
 
 
 def checkpoint_candidates(latest: str | Path) -> list[Path]:

@@ -48,6 +48,23 @@ def test_bad_config_is_one_line_and_exit_2_before_any_worker(override, key, smal
     assert not ray.is_initialized()
 
 
+def test_a_changed_shard_is_one_line_and_exit_2_before_any_worker(small_fashion_mnist_shards, tmp_path, capsys,
+                                                                    monkeypatch):
+    import shutil
+
+    monkeypatch.setenv("CASCADE_CACHE_DIR", str(tmp_path / "cache"))
+    shards = tmp_path / "shards"
+    shutil.copytree(small_fashion_mnist_shards, shards)
+    tar = sorted((shards / "test").glob("*.tar"))[0]
+    data = bytearray(tar.read_bytes())
+    data[2000] ^= 0xFF  # size, count and index unchanged: only the checksum can tell
+    tar.write_bytes(bytes(data))
+    rc = main(["--config", "demo", f"data.shards={shards}", "data.eval_split=test"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1, err
+    assert f"data.shards: shard {tar}: sha256" in err[0], err
+
+
 def test_unknown_config_name_lists_shipped():
     with pytest.raises(ConfigError, match="unknown config 'nope'; shipped: cifar10, cifar100, cifar10_subset, demo"):
         load_config("nope")
