@@ -50,6 +50,11 @@ PROBES = [
     Probe("PNG with a corrupt IDAT, torch backend", "segfault in torchvision's decode_image, no key named", "crash",
           "decoded with PIL: a DataError naming shard and key, or a counted skip",
           ("tests/integration/test_loaders.py::-k corrupt-idat", "tests/unit/data/test_decode.py"), "crash"),
+    Probe("garbage or corrupt PNG, DALI backend",
+          "the error named neither file nor key: the PIL scan followed manifest order, DALI had shuffled the shards",
+          "unnamed error", "the scan covers the rank's range, then every shard of the split: shard and key named",
+          ("tests/integration/test_loaders.py::test_dali_names_an_undecodable_image_outside_the_ranks_own_range",
+           "tests/integration/test_loaders.py::test_dali_corrupt_image_stops_with_shard_and_key")),
     Probe("truncated shard with on_error=raise", "exit 1 after ~60 s inside the workers, a Ray traceback",
           "slow, not one line", "config validation checks each shard's sha256: one line, exit 2, before any worker",
           ("tests/unit/runtime/test_config.py::test_a_changed_shard_is_one_line_and_exit_2_before_any_worker",), "traceback"),
@@ -75,7 +80,7 @@ PROBES = [
           "traceback"),
     Probe("MLflow server stopped mid-run", "the run died ~4 min later; the epoch in progress was lost", "data lost",
           "checkpoint saved first; unsent metrics kept in the run directory and re-sent on resume",
-          ("tests/integration/test_tracking.py",), "lost"),
+          ("tests/integration/test_tracking_outage.py",), "lost"),
     Probe("run.name=.., model.image_size on other-sized shards, malformed or list YAML, eval.tau=1.5, "
           "cpus_per_worker ≤ 0, budget above the cascade's cost, batch above a rank's share, ftp:// tracking URI",
           "accepted, a wrong MACs figure, or a traceback", "late failure / wrong figure",
@@ -87,7 +92,6 @@ PROBES = [
 ]
 
 OPEN = [
-    "DALI: the fallback scan that names an undecodable image assumes manifest shard order, not the order DALI read.",
     "DALI: `.cls`/`.lbl` agreement is not checked (it reads `.lbl`), and its CPU decoder can still crash on a corrupt "
     "PNG (run `python -m data_shards verify` on shards you did not write).",
     "DeepSpeed's own checkpoint files are written in place; `cascade.pt` and Ray's snapshot edits are atomic.",

@@ -222,12 +222,17 @@ class DaliLoader(Loader):
         detail = explain_index_error(msg)
         lowered = msg.lower()
         if not detail and ("decoders.image" in lowered or "nvimagecodec" in lowered):
-            detail = locate_undecodable(self._rank_shards(), budget_s=_SCAN_BUDGET_S) or (
-                "an image does not decode (the scan with PIL found no undecodable image in this rank's range)"
+            detail = locate_undecodable(self._scan_order(), budget_s=_SCAN_BUDGET_S) or (
+                "an image does not decode (the scan with PIL found no undecodable image in the split)"
             )
         if detail or "readers.webdataset" in lowered:
             return DataError(f"{detail or 'the webdataset reader failed'} -- {where}\nDALI said:\n{msg}")
         return RuntimeError(f"DALI pipeline failed on {where}:\n{msg}")
+
+    def _scan_order(self) -> list[tuple[Path, int, int]]:
+        """This rank's range first, then every shard of the split whole: in training DALI reshuffles
+        which tar files a rank reads, so the bad image may lie outside the rank's range."""
+        return self._rank_shards() + [(path, 0, count) for path, count in zip(self.info.shard_paths, self.info.shard_counts)]
 
     def _rank_shards(self) -> list[tuple[Path, int, int]]:
         """(shard, first, count) pieces of this rank's sample range."""

@@ -297,6 +297,15 @@ def test_dali_corrupt_image_stops_with_shard_and_key(fashion_mnist_shards, tmp_p
     assert "fashion-mnist-val-000001.tar" in child.stdout and key in child.stdout, child.stdout
 
 
+def test_dali_names_an_undecodable_image_outside_the_ranks_own_range(fashion_mnist_shards, tmp_path):
+    """In training DALI reshuffles the tar files across ranks, so rank 0 may read shard 1: the PIL
+    scan behind a DALI decode error must find the image wherever DALI read it."""
+    root, key = bad_split(fashion_mnist_shards, tmp_path, "corrupt")  # in shard 1: rank 1's range
+    loader = make_loader(root, "val", 50, backend="dali", train=True, rank=0, world_size=2, num_workers=1)
+    err = loader._wrap(RuntimeError("Error in thread 0: [decoders.image] failed to decode"))
+    assert isinstance(err, DataError) and key in str(err) and "fashion-mnist-val-000001.tar" in str(err), err
+
+
 @pytest.mark.parametrize(
     "kind, backend",
     [("corrupt", "torch"), ("corrupt-idat", "torch"), ("cls", "torch"), *[(k, b) for k in ("missing", "label", "truncated") for b in BACKENDS]],
