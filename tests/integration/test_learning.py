@@ -70,30 +70,41 @@ def test_cascade_learns_on_fashion_mnist_and_cost_falls_with_alpha(warm_cascade)
 
 @pytest.mark.slow
 def test_budget_mode_keeps_the_expected_cost_within_the_budget(warm_cascade_4):
-    """PI dual ascent on α (Ours (S), exact estimator; plain dual ascent overshot by 7 points at
-    seed 0 and swung from 54 % to 34 % and back between epochs; K_p = 1 holds 5 of 5 seeds): the expected training cost ends within its budget,
-    close to it where the budget binds (the loose 90 % once collapsed to "stop everything": the
-    saturation guard keeps it from that), and the test cost follows; with θ calibrated on held-out
-    images to the budget, the hard-exit test cost lands within ±3 points of it."""
+    """PI dual ascent on α (Ours (S), exact estimator): the expected training cost ends within its
+    budget, and close to it where the budget binds; with θ calibrated on held-out images to the
+    budget, the hard-exit test cost lands within ±3 points of it.
+
+    - Plain dual ascent (K_p = 0) overshot by 7 points at seed 0, its cost swinging from 54 % to 34 %
+      and back between epochs; K_p = 1 damps it.
+    - The loose budget is 80 %, below where the same policy goes with α = 0 and no budget (run here
+      as the reference), so it must bind: held near 80 %, neither left at the free cost nor
+      collapsed to "stop everything" (which a loose 90 % once did; the saturation guard prevents
+      it). At 90 % the free cost itself was 87–90 %, so whether 90 % bound depended on the seed.
+    """
     model, train, test, val = warm_cascade_4
     data = DataLoader(train.dataset, batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(1 + SEED))
     runs = {}
-    for budget in (50.0, 90.0):
+    for budget in (None, 50.0, 85.0):
         cascade = copy.deepcopy(model)
         torch.manual_seed(SEED)
         joint = OptimConfig(optimizer="adam", warmup_epochs=0, joint_epochs=3, freeze_classifiers=True, policy_lr=1e-3)
-        objective = ObjectiveConfig(alpha=0.05, estimator="exact", budget=budget, dual_lr=0.02, dual_kp=1.0)
+        objective = ObjectiveConfig(alpha=0.0 if budget is None else 0.05, estimator="exact", budget=budget,
+                                    dual_lr=0.02, dual_kp=1.0)
         last = fit(cascade, data, joint, objective, eval_loader=test, eval_config=EvalConfig(tau=0.5), progress=False)[-1]
         runs[budget] = last
-        print(f"\nbudget={budget}: alpha_end={last['train']['alpha_end']:.4f} expected={100 * last['train']['expected_cost']:.1f}% "
-              f"test cost={last['eval'].cost_pct:.1f}% acc={last['eval'].accuracy:.3f}")
+        print(f"\nbudget={budget}: alpha_end={last['train'].get('alpha_end', 0.0):.4f} "
+              f"expected={100 * last['train']['expected_cost']:.1f}% test cost={last['eval'].cost_pct:.1f}% "
+              f"acc={last['eval'].accuracy:.3f}")
+        if budget is None:
+            continue
         assert 100 * last["train"]["expected_cost"] <= budget + 5
         outputs, targets = collect_outputs(cascade, val)
         theta = calibrate(outputs, targets, cascade.macs, budget=budget).theta
         at_budget = evaluate(cascade, test, cascade.macs, EvalConfig(), theta=theta)
         print(f"calibrated on held-out images: test cost={at_budget.cost_pct:.1f}% acc={at_budget.accuracy:.3f}")
         assert abs(at_budget.cost_pct - budget) <= 3
-    assert 100 * runs[90.0]["train"]["expected_cost"] > 80  # the loose budget binds: α > 0 holds it there
-    assert runs[90.0]["train"]["alpha_end"] > 0
-    assert runs[50.0]["eval"].cost_pct < runs[90.0]["eval"].cost_pct - 15
+    free = 100 * runs[None]["train"]["expected_cost"]
+    assert free > 85 + 5  # the reference spends more than the loose budget allows: it must bind
+    assert 85 - 10 < 100 * runs[85.0]["train"]["expected_cost"] < free - 5  # held near 85 %, not collapsed
+    assert runs[50.0]["eval"].cost_pct < runs[85.0]["eval"].cost_pct - 15
     assert runs[50.0]["eval"].accuracy > 0.7
