@@ -208,10 +208,8 @@ def decode_image_bytes(data: bytes, channels: int, where: str) -> torch.Tensor:
     """PNG/JPEG bytes -> uint8 (C, H, W), decoded with PIL so that a corrupt image raises a DataError
     naming ``where`` (torchvision's libpng decoder can abort the process on a corrupt IDAT)."""
     try:
-        with Image.open(io.BytesIO(data)) as probe:
-            probe.verify()  # structure and chunk CRCs
         with Image.open(io.BytesIO(data)) as im:
-            im.load()  # full decompression: a bad IDAT stream raises here
+            im.load()  # full decompression: a bad header, IDAT stream or checksum raises here
             array = np.asarray(im.convert("L" if channels == 1 else "RGB"))
     except Exception as e:  # noqa: BLE001 - any decoder failure names the sample
         raise DataError(f"{where}: undecodable image ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None

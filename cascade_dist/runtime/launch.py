@@ -80,7 +80,9 @@ def finished(cfg: Config, run_dir: Path) -> TrainResult | None:
     from omegaconf import OmegaConf
     from ray.train import Result
 
-    if not (run_dir / "checkpoint_manager_snapshot.json").is_file() or not (run_dir / "config.yaml").is_file():
+    from .checkpoint import SNAPSHOT
+
+    if not (run_dir / SNAPSHOT).is_file() or not (run_dir / "config.yaml").is_file():
         return None
     if OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml")) != redact_tree(to_container(cfg)):
         return None

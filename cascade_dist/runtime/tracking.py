@@ -11,13 +11,12 @@ directory's `unsent_metrics.jsonl` and re-sent when the run resumes (or by `rese
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 import urllib.request
 from pathlib import Path
 from urllib.parse import unquote, urlsplit, urlunsplit
-
-import logging
 
 import mlflow
 import numpy as np
