@@ -41,7 +41,7 @@ def _manifest(dataset: str, split: str, res: SplitResult, class_names: list[str]
     return Manifest(dataset=dataset, split=split, num_samples=res.num_samples, num_classes=len(class_names),
                     class_names=list(class_names), image_size=list(next(iter(res.sizes))) if len(res.sizes) == 1 else None,
                     channels=channels, image_format=image_format, mean=mean, std=std,
-                    shards=res.shards, skipped=res.skipped)
+                    shards=res.shards, skipped=res.skipped, images_checked=True)  # every image decoded on write
 
 
 def _same_output(existing: Path, staged: Path) -> bool:

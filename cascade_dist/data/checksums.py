@@ -1,6 +1,13 @@
-"""Shard checksums when a run opens its shards: each shard's sha256 against its manifest, computed
-once per shard per node and cached by (path, size, mtime) in `$CASCADE_CACHE_DIR`, else
-`$XDG_CACHE_HOME/cascade_dist`, else `~/.cache/cascade_dist` (file `shard-sha256.json`)."""
+"""What a node has checked of a shard, done once per shard per node and cached by (path, size,
+mtime) in `$CASCADE_CACHE_DIR`, else `$XDG_CACHE_HOME/cascade_dist`, else `~/.cache/cascade_dist`:
+
+- `cached_sha256`: each shard's sha256, checked against its manifest when a run opens its shards
+  (file `shard-sha256.json`);
+- `decode_checked`: the full `verify_shard` pass (components, `.cls`/`.lbl` agreement, every image
+  decoded by PIL, sha256) of a split whose manifest does not say its writer decoded every image,
+  before DALI reads it: DALI's CPU decoder can crash on a corrupt image instead of raising
+  (file `shard-decoded.json`).
+"""
 
 from __future__ import annotations
 
@@ -9,12 +16,15 @@ import json
 import os
 from pathlib import Path
 
+from typing import Callable
+
 CACHE_FILE = "shard-sha256.json"
+DECODED_FILE = "shard-decoded.json"
 
 
-def cache_path() -> Path:
+def cache_path(name: str = CACHE_FILE) -> Path:
     root = os.environ.get("CASCADE_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cascade_dist"
-    return Path(root) / CACHE_FILE
+    return Path(root) / name
 
 
 def _read_cache(path: Path) -> dict:
@@ -34,24 +44,49 @@ def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
 
 def cached_sha256(paths: list[Path]) -> dict[Path, str]:
     """sha256 of each file, hashed only when its (size, mtime) is not in the cache."""
-    cache_file = cache_path()
+    return _cached(paths, CACHE_FILE, file_sha256)
+
+
+def decode_checked(split_dir: Path, manifest) -> None:
+    """`verify_shard` every shard of a split (raises `ShardError` naming shard and sample), skipping
+    the shards this node has already passed at the same (size, mtime)."""
+    from .manifest import verify_shard
+
+    shards = {split_dir / s.file: s for s in manifest.shards}
+
+    def check(path: Path) -> str:
+        verify_shard(split_dir, shards[path], manifest, decode_images=True)
+        return shards[path].sha256
+
+    _cached(list(shards), DECODED_FILE, check)
+
+
+def _cached(paths: list[Path], name: str, compute: Callable[[Path], str]) -> dict[Path, str]:
+    """`compute(path)` of each file, run only when its (size, mtime) is not in cache file `name`."""
+    cache_file = cache_path(name)
     cache = _read_cache(cache_file)
     out, changed = {}, False
-    for path in paths:
-        st = path.stat()
-        key, stamp = str(path.resolve()), [st.st_size, st.st_mtime_ns]
-        hit = cache.get(key)
-        if hit and hit[:2] == stamp:
-            out[path] = hit[2]
-            continue
-        out[path] = file_sha256(path)
-        cache[key], changed = [*stamp, out[path]], True
-    if changed:
-        try:
-            cache_file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache_file.with_name(f"{cache_file.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(cache))
-            os.replace(tmp, cache_file)  # atomic: concurrent ranks never read half a file
-        except OSError:
-            pass  # a read-only home: correct, only slower next time
+    try:
+        for path in paths:
+            st = path.stat()
+            key, stamp = str(path.resolve()), [st.st_size, st.st_mtime_ns]
+            hit = cache.get(key)
+            if hit and hit[:2] == stamp:
+                out[path] = hit[2]
+                continue
+            out[path] = compute(path)
+            cache[key], changed = [*stamp, out[path]], True
+    finally:  # what passed before a failure stays cached
+        if changed:
+            _write_cache(cache_file, cache)
     return out
+
+
+def _write_cache(cache_file: Path, cache: dict) -> None:
+    try:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_file.with_name(f"{cache_file.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(cache))
+        os.replace(tmp, cache_file)  # atomic: concurrent ranks never read half a file
+    except OSError:
+        pass  # a read-only home: correct, only slower next time

@@ -25,11 +25,13 @@ Errors
     scanned with PIL to name the shard and key of the first undecodable image;
   * a label outside ``[0, num_classes)`` is caught per batch, naming the shard, offset and key from
     DALI's per-sample ``source_info``.
-  Known upstream issue: DALI 2.4's CPU image decoder (nvImageCodec) sometimes crashes the process
-  with a segmentation fault on a corrupt PNG instead of raising (seen in
-  ``ImageDecoder<CPUBackend>::RunImplImpl``), so no error message can be given then. Check
-  untrusted shards first with ``python -m data_shards verify DIR`` (decodes every image with PIL)
-  or read them with the torch backend, which names (or skips) the bad sample.
+  * DALI reads only ``.lbl`` and the image. DALI 2.4's CPU image decoder (nvImageCodec) can crash
+    the process with a segmentation fault on a corrupt PNG instead of raising (seen in
+    ``ImageDecoder<CPUBackend>::RunImplImpl``; upstream). So DALI reads only images that were
+    decoded before: a manifest whose writer decoded every image (``images_checked``, set by
+    ``data_shards``) vouches for shards whose sha256 matches it (checked on open); any other split
+    gets the full ``verify_shard`` pass (PIL decode, ``.cls``/``.lbl`` agreement) once per node
+    (``checksums.decode_checked``), and a bad sample stops the run naming shard and key.
   ``on_error="skip"`` is not available here (DALI cannot drop an undecodable image): use the
   torch backend for data sets that need it.
 """
@@ -45,7 +47,9 @@ from typing import Iterator
 import torch
 
 from .augment import AugmentSpec, Normalization
+from .checksums import decode_checked
 from .contract import DataError, Loader, explain_index_error, rank_range
+from .manifest import ShardError
 
 __all__ = ["DaliLoader", "build_pipeline"]
 
@@ -118,17 +122,16 @@ def build_pipeline(
             **reader_kw,
         )
         source = fn.pad(fn.get_property(encoded, key="source_info"), fill_value=0)
-        images = fn.decoders.image(
-            encoded,
-            device="mixed" if gpu else "cpu",
-            output_type=types.GRAY if channels == 1 else types.RGB,
-        )
+        decode_kw = dict(device="mixed" if gpu else "cpu", output_type=types.GRAY if channels == 1 else types.RGB)
         if spec.random_resized_crop:
+            # DALI's ImageNet idiom: the random crop window is fused into the decode (a JPEG decodes
+            # only the window's blocks), then resized to the training size.
             s = spec.random_resized_crop
-            images = fn.random_resized_crop(
-                images, size=[s, s], random_area=list(spec.rrc_scale), random_aspect_ratio=list(spec.rrc_ratio),
-                antialias=True,
-            )
+            images = fn.decoders.image_random_crop(encoded, random_area=list(spec.rrc_scale),
+                                                   random_aspect_ratio=list(spec.rrc_ratio), **decode_kw)
+            images = fn.resize(images, size=[s, s], antialias=True)
+        else:
+            images = fn.decoders.image(encoded, **decode_kw)
         if spec.resize:
             images = fn.resize(images, resize_shorter=float(spec.resize), antialias=True)
         if spec.crop:
@@ -174,6 +177,12 @@ class DaliLoader(Loader):
                 "on_error='skip' is not supported by backend='dali' (DALI cannot drop an undecodable "
                 "image): use backend='torch' or fix the shards (`python -m data_shards verify`)"
             )
+        if not info.manifest.images_checked:
+            try:
+                decode_checked(info.split_dir, info.manifest)
+            except ShardError as e:
+                raise DataError(f"{e} (found by the decode check of a split whose manifest does not say "
+                                f"its images were decoded on write; DALI reads only checked images)") from None
         self._gpu = self.device.type == "cuda"
         if self._gpu and not torch.cuda.is_available():
             raise RuntimeError(f"device={self.device} requested for the DALI loader but CUDA is not available")

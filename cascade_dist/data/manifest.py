@@ -53,6 +53,9 @@ class Manifest:
     std: list[float]
     shards: list[ShardInfo] = field(default_factory=list)
     skipped: int = 0  # bad source samples left out with `--on-error skip`
+    images_checked: bool = False
+    """True when the writer decoded every image it wrote (`data_shards` does); otherwise the DALI
+    loader decode-checks the split once per node before reading it (`checksums.decode_checked`)."""
     format_version: int = FORMAT_VERSION
 
     def to_dict(self) -> dict:
@@ -147,8 +150,10 @@ def decode_label(cls_bytes: bytes, lbl_bytes: bytes, where: str, num_classes: in
         label = int(cls_bytes.decode("ascii"))
     except (UnicodeDecodeError, ValueError):
         raise ShardError(f"{where}: .cls is not a decimal class id ({cls_bytes[:20]!r})") from None
-    if len(lbl_bytes) != 8 or int.from_bytes(lbl_bytes, "little", signed=True) != label:
-        raise ShardError(f"{where}: .lbl ({lbl_bytes[:16].hex()}) is not int64 LE {label} like .cls")
+    if len(lbl_bytes) != 8:
+        raise ShardError(f"{where}: .lbl is {len(lbl_bytes)} bytes ({lbl_bytes[:16].hex()}), not an int64 LE label")
+    if (lbl := int.from_bytes(lbl_bytes, "little", signed=True)) != label:
+        raise ShardError(f"{where}: .lbl holds label {lbl} but .cls holds {label}")
     if not 0 <= label < num_classes:
         raise ShardError(f"{where}: label {label} outside [0, {num_classes})")
     return label

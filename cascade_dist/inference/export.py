@@ -21,6 +21,7 @@ import copy
 import hashlib
 import io
 import json
+import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,7 +65,7 @@ def export_cascade(
     if calibration is not None:
         theta = calibration.theta
     rule = ExitRule.of(model.num_stages, tau, theta)
-    model = copy.deepcopy(model).cpu().eval()  # exported on the CPU; `ExportedCascade.load` moves it
+    model = copy.deepcopy(model).to(device="cpu", dtype=torch.float32).eval()  # CPU float32 (also from bf16); `load` moves it
     example = torch.zeros(2, *model.input_shape)  # batch 2: the batch dimension stays dynamic
     batch = torch.export.Dim("batch", min=1)
     files = []
@@ -90,7 +91,9 @@ def export_cascade(
     }
     if calibration is not None:
         calibration.save(out_dir / CALIBRATION_FILE)
-    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    tmp = out_dir / f"{MANIFEST}.tmp"
+    tmp.write_text(json.dumps(manifest, indent=1))
+    os.replace(tmp, out_dir / MANIFEST)  # written last, atomically: the export's commit
     return out_dir
 
 

@@ -32,7 +32,14 @@ def _deepspeed_safe_globals() -> list:
 
 
 class WeightsOnlyCheckpointEngine(TorchCheckpointEngine):
-    """DeepSpeed's torch checkpoint engine, loading with `weights_only=True`."""
+    """DeepSpeed's torch checkpoint engine, loading with `weights_only=True` and saving each file
+    atomically (a temporary name, then `os.replace`, as timm's `CheckpointSaver` does): a crash
+    mid-write never leaves a truncated file under a checkpoint's name."""
+
+    def save(self, state_dict, path: str):
+        tmp = f"{path}.tmp{os.getpid()}"
+        torch.save(state_dict, tmp, _use_new_zipfile_serialization=self.zipfile_serialization)
+        os.replace(tmp, path)
 
     def load(self, path: str, map_location=None):
         with torch.serialization.safe_globals(_deepspeed_safe_globals()):
@@ -51,6 +58,7 @@ def save_engine_state(
         "tracking": dict(tracking),
         "alpha": alpha,
     }
+    engine.checkpoint_engine = WeightsOnlyCheckpointEngine(engine._config)  # atomic file writes
     engine.save_checkpoint(str(directory), tag=TAG, client_state=client_state)
     if rank == 0:
         save_weights(engine.module, directory)
