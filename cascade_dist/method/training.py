@@ -43,7 +43,7 @@ class OptimConfig(Section):
     joint_epochs: int = 2
     classifier_lr: float = 0.1
     classifier_schedule: str = "cosine"
-    """"cosine" over all epochs, or "constant"."""
+    """"cosine" over all epochs, moved every step (timm's per-update schedule), or "constant"."""
     policy_lr: float = 0.1
     policy_lr_decay: float = 0.9
     policy_lr_decay_every: int = 4
@@ -80,7 +80,8 @@ class OptimConfig(Section):
     def phase(self, epoch: int) -> Phase:
         return "warmup" if epoch < self.warmup_epochs else "joint"
 
-    def classifier_lr_factor(self, epoch: int) -> float:
+    def classifier_lr_factor(self, epoch: float) -> float:
+        """The classifiers' LR factor at a (fractional) epoch: cosine from 1 to 0 over the span."""
         if self.freeze_classifiers and self.phase(epoch) == "joint":
             return 0.0
         if self.classifier_schedule == "constant":
@@ -88,11 +89,19 @@ class OptimConfig(Section):
         span = self.schedule_epochs or self.epochs
         return 0.5 * (1 + math.cos(math.pi * epoch / max(span, 1)))
 
-    def policy_lr_factor(self, epoch: int) -> float:
+    def policy_lr_factor(self, epoch: float) -> float:
+        """The paper's step decay: `policy_lr_decay` every `policy_lr_decay_every` joint epochs."""
         if self.phase(epoch) == "warmup":
             return 0.0
         joint_epoch = epoch - self.warmup_epochs
         return self.policy_lr_decay ** (joint_epoch // self.policy_lr_decay_every)
+
+
+def set_schedule_position(scheduler: torch.optim.lr_scheduler.LambdaLR, epoch: float) -> None:
+    """Each param group's LR at a fractional epoch of its schedule (`scheduler.step()` keeps the
+    integer epoch; within an epoch the cosine still moves every step)."""
+    for group, base, factor in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+        group["lr"] = base * factor(epoch)
 
 
 def build_optimizer(
@@ -164,7 +173,7 @@ def training_step(
     else:
         alpha = objective.alpha if alpha is None else alpha
         loss, stats = cascade_loss(
-            out, targets, unwrap(engine).costs, alpha, objective.estimator, objective.baseline, generator,
+            out, targets, unwrap(engine).costs.float(), alpha, objective.estimator, objective.baseline, generator,
             objective.topk, all_reduce, classifier_term=classifiers_train,
         )
         guard = stop_logit_penalty(out, objective.logit_bound, objective.bound_weight)
@@ -198,19 +207,25 @@ def train_epoch(
     progress: bool = True,
     step_log: list[dict] | None = None,
     budget: CostBudget | None = None,
+    scheduler: torch.optim.lr_scheduler.LambdaLR | None = None,
 ) -> dict[str, float]:
     """One epoch of `training_step`s; returns the mean of each statistic and images/s.
 
     `step_log`, when given, receives every step's statistics (loss, reward, baseline, ...);
-    `budget`, in joint epochs, moves α by dual ascent after every step.
+    `budget`, in joint epochs, moves α by dual ascent after every step; `scheduler` (the epoch-wise
+    `build_optimizer` one) sets the LRs at epoch + step/steps before every step when the loader's
+    length is known.
     """
     phase = optim.phase(epoch)
     set_train_mode(engine, optim, epoch)
     totals: dict[str, float] = {}
     seen, steps, start = 0, 0, time.perf_counter()
+    total = _len(loader)
     bar = tqdm(in_lockstep(loader, all_reduce), desc=f"epoch {epoch} ({phase})", disable=not progress,
-               mininterval=5, total=_len(loader))
+               mininterval=5, total=total)
     for images, targets in bar:
+        if scheduler is not None and total:
+            set_schedule_position(scheduler, epoch + min(steps / total, 1.0))
         images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
         alpha = budget.alpha if budget is not None else None
         _, stats = training_step(engine, images, targets, phase, objective, all_reduce, generator, alpha,
@@ -298,7 +313,7 @@ def fit(
     for epoch in range(optim.epochs):
         record = {"epoch": epoch, "phase": optim.phase(epoch)}
         record["train"] = train_epoch(engine, train_loader, epoch, optim, objective, generator=generator, device=device,
-                                      progress=progress, budget=budget)
+                                      progress=progress, budget=budget, scheduler=scheduler)
         scheduler.step()
         if eval_loader is not None:
             record["eval"] = evaluate(model, eval_loader, model.macs, eval_config, device=device)

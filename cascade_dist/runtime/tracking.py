@@ -168,12 +168,19 @@ def resend_unsent(spool: str | Path, run_id: str | None = None) -> int:
 
 
 def log_cascade_model(model) -> None:
-    """Log the cascade in MLflow's `pt2` (torch.export) format: loading it unpickles nothing."""
+    """Log the cascade in MLflow's `pt2` (torch.export) format: loading it unpickles nothing.
+
+    What is exported is a CPU float32 copy, whatever the device and dtype of `model` (a GPU or bf16
+    engine's module): the float32 example and signature then match its weights."""
+    import copy
+
+    import torch
     from mlflow.models import ModelSignature
     from mlflow.types import Schema, TensorSpec
 
     shape = (-1, *model.input_shape)
     signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), shape)]))
     example = np.zeros((2, *model.input_shape), dtype=np.float32)  # batch > 1: a dynamic batch dim
-    mlflow.pytorch.log_model(model.eval(), name="model", input_example=example, signature=signature,
+    model = copy.deepcopy(model).to(device="cpu", dtype=torch.float32).eval()
+    mlflow.pytorch.log_model(model, name="model", input_example=example, signature=signature,
                              serialization_format="pt2", pip_requirements=["torch", "cascade_dist"])

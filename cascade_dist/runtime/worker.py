@@ -7,6 +7,7 @@ the REINFORCE baseline's sums and all metrics are all-reduced so every rank uses
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import tempfile
@@ -27,6 +28,7 @@ from .config import Config, from_container, save_config
 from .operating_point import budget_calibration, describe
 
 FAULT_MARKER = "fault_injected"
+logger = logging.getLogger(__name__)
 
 
 def deepspeed_config(cfg: Config) -> dict:
@@ -37,6 +39,7 @@ def deepspeed_config(cfg: Config) -> dict:
         "zero_optimization": {"stage": cfg.run.zero_stage},
         "zero_allow_untested_optimizer": True,
         "bf16": {"enabled": cfg.run.bf16},
+        "fp16": {"enabled": cfg.run.fp16},
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
@@ -56,6 +59,18 @@ def make_all_reduce(device: torch.device):
     return all_reduce
 
 
+def buffers_like_parameters(module: torch.nn.Module) -> None:
+    """Give the floating-point buffers (BatchNorm running statistics) the parameters' dtype.
+
+    DeepSpeed's bf16/fp16 engine casts the parameters only, and a BatchNorm with bf16 weights and
+    float32 running statistics fails on the CPU ("expected scalar type BFloat16 but found Float")."""
+    dtype = next(module.parameters()).dtype
+    for sub in module.modules():
+        for name, buf in sub.named_buffers(recurse=False):
+            if buf is not None and buf.is_floating_point():
+                sub._buffers[name] = buf.to(dtype)
+
+
 def average_buffers(module: torch.nn.Module) -> None:
     """Average the floating-point buffers (BatchNorm running statistics) over all workers, in place.
 
@@ -68,9 +83,10 @@ def average_buffers(module: torch.nn.Module) -> None:
     world = dist.get_world_size()
     with torch.no_grad():
         for buf in module.buffers():
-            if buf.is_floating_point():
-                dist.all_reduce(buf)
-                buf.div_(world)
+            if buf.is_floating_point():  # summed in float32 (gloo, and bf16 statistics)
+                total = buf.float()
+                dist.all_reduce(total)
+                buf.copy_(total / world)
 
 
 def seed_everything(seed: int) -> None:
@@ -86,15 +102,24 @@ def train_loop_per_worker(config: dict) -> None:
     cfg = from_container(config)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = torch.device(f"cuda:{ctx.get_local_rank()}" if cfg.run.use_gpu else "cpu")
-    if cfg.run.use_gpu:
+    device = torch.device("cpu")
+    if cfg.run.use_gpu:  # Ray Train's device for this worker (it set CUDA_VISIBLE_DEVICES)
+        from ray.train.torch import get_device
+
+        device = get_device()
         torch.cuda.set_device(device)
+    if cfg.run.bf16 and not cfg.run.use_gpu and rank == 0:
+        logger.warning("run.bf16=true on CPU workers: bf16 matmuls/convolutions are slower than float32 on most CPUs")
     seed_everything(cfg.run.seed)  # identical initial weights on every rank
 
     model = cfg.model.build()
     optimizer, scheduler = build_optimizer(model, cfg.optim)
     deepspeed.init_distributed(dist_backend="nccl" if cfg.run.use_gpu else "gloo")
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=deepspeed_config(cfg))
+    if cfg.run.bf16 or cfg.run.fp16:
+        buffers_like_parameters(model)
+    if cfg.run.channels_last:  # after DeepSpeed's initial broadcast, which needs contiguous parameters;
+        model.to(memory_format=torch.channels_last)  # in place: the optimiser keeps the same parameters
     all_reduce = make_all_reduce(device)
 
     start_epoch, tracking_state, alpha = 0, {}, None
@@ -135,7 +160,8 @@ def train_loop_per_worker(config: dict) -> None:
         train_loader.set_epoch(epoch)
         steps: list[dict] = []
         train_stats = train_epoch(engine, train_loader, epoch, cfg.optim, cfg.objective, all_reduce, generator,
-                                  device, progress=rank == 0 and cfg.run.progress, step_log=steps, budget=budget)
+                                  device, progress=rank == 0 and cfg.run.progress, step_log=steps, budget=budget,
+                                  scheduler=scheduler)
         scheduler.step()
         average_buffers(model)
         calibration = None

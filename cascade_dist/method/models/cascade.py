@@ -80,12 +80,21 @@ class StageRunner(Protocol):
     def run_stage(self, t: int, images: torch.Tensor) -> StageOutput: ...
 
 
+def module_dtype(module: nn.Module, default: torch.dtype = torch.float32) -> torch.dtype:
+    """The dtype of a module's first floating-point parameter (`default` if it has none)."""
+    for p in module.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return default
+
+
 def stage_forward(classifier: nn.Module, policy: nn.Module | None, images: torch.Tensor) -> StageOutput:
     """Stage t of the cascade; `policy=None` is the last stage (log π = 0, log(1 − π) = −inf).
 
-    The log-softmaxes are taken in float32 whatever the autocast dtype of the layers before them.
+    The images are cast to the classifier's weight dtype (a bf16 engine's model takes bf16 inputs);
+    the log-softmaxes are taken in float32 whatever the dtype of the layers before them.
     """
-    log_probs = torch.log_softmax(classifier(images).float(), dim=-1)
+    log_probs = torch.log_softmax(classifier(images.to(module_dtype(classifier, images.dtype))).float(), dim=-1)
     if policy is None:
         zeros = torch.zeros_like(log_probs[:, 0])
         return StageOutput(log_probs, zeros, torch.full_like(zeros, -float("inf")))

@@ -46,7 +46,10 @@ class StoppingPolicy(nn.Module):
         )
 
     def forward(self, class_probs: torch.Tensor) -> torch.Tensor:
-        """(N, 2) log-softmax in float32: [log π(stop), log π(continue)]."""
+        """(N, 2) log-softmax in float32: [log π(stop), log π(continue)].
+
+        The input (float32 probabilities) is cast to the weights' dtype, so a bf16-cast policy runs."""
+        class_probs = class_probs.to(self.net[0].weight.dtype)
         if self.sort_input:
             class_probs = class_probs.sort(dim=-1, descending=True).values
         return torch.log_softmax(self.net(class_probs).float(), dim=-1)

@@ -122,3 +122,19 @@ def test_cascade_shapes_and_costs(names):
 def test_cascade_rejects_a_single_stage():
     with pytest.raises(ValueError, match="K >= 2"):
         Cascade(["preact_resnet8"], num_classes=10)
+
+
+def test_bf16_cascade_takes_float32_images_and_gives_float32_log_space_outputs():
+    torch.manual_seed(0)
+    model = Cascade(["preact_resnet8", "preact_resnet20"], num_classes=10, in_channels=1, image_size=28).eval()
+    images = torch.randn(4, 1, 28, 28)
+    with torch.no_grad():
+        ref = model(images)
+        out = model.to(torch.bfloat16)(images)  # float32 images, bf16 weights: cast in the stage forward
+    for name in ("log_probs", "log_stop", "log_continue"):
+        assert getattr(out, name).dtype == torch.float32, name
+    assert torch.isfinite(out.log_probs).all() and torch.isfinite(out.log_stop).all()
+    # bf16 keeps ~3 significant digits: the class probabilities agree with float32 to a few 1e-2
+    assert (out.log_probs.exp() - ref.log_probs.exp()).abs().max() < 5e-2
+    assert (out.stop_probs - ref.stop_probs).abs().max() < 5e-2
+

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -35,6 +36,25 @@ def test_lambda_lr_drives_two_param_groups():
     assert lrs[0] == [0.2, 0.0]
     assert [p for _, p in lrs[1:]] == pytest.approx([0.1, 0.1, 0.09, 0.09, 0.081])
     assert all(a > b for (a, _), (b, _) in zip(lrs, lrs[1:]))  # cosine decay
+
+
+def test_the_classifiers_cosine_moves_every_step_and_reaches_zero(fashion_mnist_dir):
+    """Within an epoch the LR follows the cosine at epoch + step/steps (timm's per-update schedule),
+    so a short run ends near 0, not at the last epoch's start value (0.25 after 3 epoch-wise steps)."""
+    data = DataLoader(fashion_mnist_tensors(fashion_mnist_dir, "train", 256), batch_size=32)  # 8 steps
+    model = Cascade(["preact_resnet8", "preact_resnet14"], num_classes=10, in_channels=1, image_size=28)
+    cfg = OptimConfig(warmup_epochs=2, joint_epochs=0, classifier_lr=0.1)
+    optimizer, scheduler = build_optimizer(model, cfg)
+    seen = []
+    step = optimizer.step
+    optimizer.step = lambda *a, **k: (seen.append(optimizer.param_groups[0]["lr"]), step(*a, **k))[1]
+    for epoch in range(cfg.epochs):
+        train_epoch(LocalEngine(model, optimizer), data, epoch, cfg, ObjectiveConfig(), progress=False,
+                    scheduler=scheduler)
+        scheduler.step()
+    expected = [0.1 * 0.5 * (1 + math.cos(math.pi * (e + i / 8) / 2)) for e in range(2) for i in range(8)]
+    assert seen == pytest.approx(expected)
+    assert seen[-1] < 0.002 and optimizer.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
 
 
 def test_adam_option_keeps_the_two_groups():

@@ -27,6 +27,8 @@ def test_shipped_configs_load(name):
         ("optim.policy_lr=fast", "optim.policy_lr"),
         ("eval.tau=[1.5]", "eval.tau"),
         ("eval.tau=1.5", "eval.tau: expected a list"),
+        ("run.fp16=true", "run.fp16: fp16 needs run.use_gpu=true"),
+        ("run.zero_stage=1", "run.channels_last: needs float32 and zero_stage 0"),
         ("run.cpus_per_worker=0", "run.cpus_per_worker: must be > 0, got 0"),
         ("run.cpus_per_worker=-1", "run.cpus_per_worker: must be > 0, got -1"),
         ("objective.budget=1e9", "objective.budget: 1000000000.0 % is above the whole cascade's cost"),
@@ -83,3 +85,12 @@ def test_bad_yaml_file_is_one_line_naming_the_file(tmp_path, text, expected):
     with pytest.raises(ConfigError, match=expected) as info:
         load_config(path, check_data=False)
     assert len(info.value.problems) == 1 and "\n" not in str(info.value)
+
+
+def test_bf16_is_allowed_on_cpu_workers_and_reaches_deepspeed():
+    from cascade_dist.runtime.worker import deepspeed_config
+
+    cfg = load_config("demo", ["run.bf16=true", "run.channels_last=false"], check_data=False)
+    assert cfg.run.bf16 and not cfg.run.use_gpu
+    ds = deepspeed_config(cfg)
+    assert ds["bf16"] == {"enabled": True} and ds["fp16"] == {"enabled": False}

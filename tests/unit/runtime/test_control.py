@@ -33,6 +33,6 @@ def test_comparison_table_states_the_verdict():
 
     cfg = load_config("demo", check_data=False)
     text = comparison_table(cfg, report(0.93, [0.90, 0.92]), report(0.0, [0.905, 0.925]))
-    assert "at least as accurate as preact_resnet20 alone (93.00 vs 92.50 %)" in text
-    assert "preact_resnet20 alone" in text and "theta calibrated on val" in text
+    assert "at least as accurate as preact_resnet32 alone (93.00 vs 92.50 %)" in text
+    assert "preact_resnet32 alone" in text and "theta calibrated on val" in text
     assert "less accurate" in comparison_table(cfg, report(0.92, [0.9, 0.92]), report(0.0, [0.9, 0.93]))
