@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,8 @@ import numpy as np
 import torch
 
 from ..method.evaluate import run_over
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -105,25 +108,37 @@ def threshold_cost_pct(macs) -> np.ndarray:
     return 100 * np.cumsum(np.asarray(macs.classifier, dtype=np.float64)) / macs.reference
 
 
-def run_baselines(cfg, checkpoint_dir: str | Path, budgets: Sequence[float] | None = None) -> dict:
-    """Static points and the threshold cascade of the warm-up classifiers in `checkpoint_dir`.
+def held_out_problem(cfg, split: str) -> str | None:
+    """Why `split` cannot hold out the thresholds' tuning (one line naming the option), or None."""
+    if (Path(cfg.data.shards) / split / "manifest.json").is_file():
+        return None
+    hint = (" (build the shards with --val-split, or pass --held-out-split train to tune on the training "
+            "split: an explicit, optimistic choice)") if split == "val" else ""
+    return f"--held-out-split: no split {split!r} under {cfg.data.shards}{hint}"
 
-    Held-out split: `val` when the shards have one; otherwise the training split (documented in the
-    result as `held_out_split`: the classifiers are over-confident there, so the thresholds are optimistic).
-    """
+
+def run_baselines(cfg, checkpoint_dir: str | Path, budgets: Sequence[float] | None = None,
+                  held_out_split: str = "val") -> dict:
+    """Static points and the threshold cascade of the warm-up classifiers in `checkpoint_dir`, the
+    thresholds tuned on `held_out_split`. Tuning on the training split is an explicit choice, with a
+    warning: the classifiers are over-confident there, so its thresholds are optimistic."""
     from ..data import make_loader
     from ..inference.weights import load_cascade
 
+    if (problem := held_out_problem(cfg, held_out_split)) is not None:
+        raise FileNotFoundError(problem)
+    if held_out_split == "train":
+        log.warning("threshold baselines tuned on the training split (--held-out-split train): optimistic thresholds")
     model = load_cascade(checkpoint_dir).model
     shards = Path(cfg.data.shards)
-    held_split = "val" if (shards / "val" / "manifest.json").is_file() else "train"
+    held_split = held_out_split
     kw = dict(backend=cfg.data.backend, train=False, num_workers=cfg.data.loader_workers, seed=cfg.run.seed)
     held = collect_outputs(model, make_loader(shards, held_split, cfg.data.eval_batch_size, **kw))
     test = collect_outputs(model, make_loader(shards, cfg.data.eval_split, cfg.data.eval_batch_size, **kw))
     cum = threshold_cost_pct(model.macs)
     static_cost = 100 * np.asarray(model.macs.classifier, dtype=np.float64) / model.macs.reference
     return {
-        "held_out_split": held_split if held_split == "val" else "train (the shards have no val split)",
+        "held_out_split": held_split if held_split != "train" else "train (chosen with --held-out-split train)",
         "num_held_out": int(len(held.labels)),
         "num_test": int(len(test.labels)),
         "static": static_points(test, static_cost, cfg.model.classifiers),
@@ -137,13 +152,17 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cascade_dist.sweep.baselines", description=__doc__.split("\n\n")[1])
     parser.add_argument("checkpoint", help="a run's checkpoint directory (holding checkpoint/)")
     parser.add_argument("--config", default="demo")
+    parser.add_argument("--held-out-split", default="val", help="split the thresholds are tuned on ('train': optimistic)")
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     args = parser.parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)
     except ConfigError as err:
         return err.print_lines("cascade_dist.sweep.baselines")
-    print(json.dumps(run_baselines(cfg, args.checkpoint), indent=1))
+    if (problem := held_out_problem(cfg, args.held_out_split)) is not None:
+        print(f"cascade_dist.sweep.baselines: error: {problem}", file=sys.stderr)
+        return 2
+    print(json.dumps(run_baselines(cfg, args.checkpoint, held_out_split=args.held_out_split), indent=1))
     return 0
 
 

@@ -53,6 +53,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-shared-warmup", action="store_true", help="every trial runs its own warm-up")
     p.add_argument("--budget", type=float, default=None, help="cost budget in %% of the largest classifier's MACs")
     p.add_argument("--budget-refine", type=int, default=0, help="extra trials bisecting log α toward --budget")
+    p.add_argument("--held-out-split", default="val",
+                   help="split the threshold baselines are tuned on (default val; 'train' is an explicit, "
+                        "optimistic choice: the classifiers are over-confident on it)")
     p.add_argument("--name", default="alpha-sweep", help="sweep name: MLflow parent run, prefix of the trials' run.name")
     p.add_argument("--out", default=None, help="report folder (default: <run.storage_path>/<name>/report)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for every run")
@@ -94,6 +97,10 @@ def main(argv=None) -> int:
         problems += err.problems
         cfg = None
     if cfg is not None:
+        from .baselines import held_out_problem
+
+        if (problem := held_out_problem(cfg, args.held_out_split)) is not None:
+            problems.append(problem)
         for lr in args.policy_lrs or []:
             for a in args.alphas:
                 try:
@@ -160,7 +167,7 @@ def sweep(cfg: Config, args: argparse.Namespace, command: str) -> int:
             return 1
         from .baselines import run_baselines
 
-        baselines = run_baselines(cfg, warm.checkpoint_path)
+        baselines = run_baselines(cfg, warm.checkpoint_path, held_out_split=args.held_out_split)
         ctx = SweepContext(args.name, s.parent_run_id, None if args.no_shared_warmup else str(warm.checkpoint_path))
         s.run([TrialSpec(v, a, lr) for v in args.variants for a in args.alphas for lr in s.policy_lrs], ctx, 0)
         budget = budget_mode(s, ctx) if args.budget is not None else None

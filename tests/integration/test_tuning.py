@@ -27,7 +27,7 @@ def finished_sweep(tmp_path_factory, small_fashion_mnist_shards, ray_local):
         "tracking.log_model": "false",
     }
     argv = ["--config", "demo", "--alphas", "0.001", "0.3", "--policy-lrs", "0.01", "--variants", "ours",
-            "--max-concurrent", "2", "--budget", "80", "--name", "t", "--out", str(out),
+            "--max-concurrent", "2", "--budget", "80", "--name", "t", "--out", str(out), "--held-out-split", "train",
             *[f"{k}={v}" for k, v in overrides.items()]]
     rc = main(argv)
     return rc, storage, out
@@ -75,7 +75,7 @@ def test_sweep_report_pareto_and_baselines_are_correct(finished_sweep):
     # baselines: both static classifiers, and a threshold curve from the first stage's cost to 100 %
     assert [s["name"] for s in report["static"]] == ["preact_resnet8", "preact_resnet14"]
     assert report["static"][1]["cost_pct"] == pytest.approx(100)
-    assert report["held_out_split"].startswith("train")  # the small shards have no val split
+    assert report["held_out_split"].startswith("train (chosen")  # the small shards have no val split
     th = report["threshold_cascade"]
     assert len(th) >= 5 and all(r["val_cost_pct"] <= r["budget_pct"] + 1e-9 for r in th)
     assert all(0 <= r["accuracy"] <= 1 for r in th)

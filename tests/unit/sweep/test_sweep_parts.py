@@ -111,9 +111,11 @@ def test_tune_thresholds_picks_best_held_out_accuracy_within_each_budget():
     (["--max-concurrent", "0"], "--max-concurrent: must be >= 1"),
     (["--policy-lrs", "0"], "--policy-lrs: every policy LR must be > 0"),
     (["objective.estimator=nope"], "estimator"),
+    (["--held-out-split", "val"], "--held-out-split: no split 'val' under"),  # no silent fallback to train
 ])
 def test_bad_input_is_a_clear_error_before_any_work(argv, message, small_fashion_mnist_shards, tmp_path, capsys):
-    rc = main(["--config", "demo", *argv, f"data.shards={small_fashion_mnist_shards}", f"run.storage_path={tmp_path}"])
+    rc = main(["--config", "demo", "--held-out-split", "train", *argv, f"data.shards={small_fashion_mnist_shards}",
+               f"run.storage_path={tmp_path}"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2
     assert len(err) == 1 and message in err[0], err
