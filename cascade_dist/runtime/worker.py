@@ -21,7 +21,7 @@ import torch.distributed as dist
 
 from ..data import make_loader
 from ..method.evaluate import evaluate
-from ..method.training import build_optimizer, make_budget, train_epoch
+from ..method.training import build_optimizer, make_budget, set_schedule_position, train_epoch
 from .checkpoint import load_engine_state, resume_engine_state, save_engine_state
 from ..inference.calibration import CALIBRATION_FILE
 from .config import Config, from_container, save_config
@@ -59,16 +59,18 @@ def make_all_reduce(device: torch.device):
     return all_reduce
 
 
-def buffers_like_parameters(module: torch.nn.Module) -> None:
-    """Give the floating-point buffers (BatchNorm running statistics) the parameters' dtype.
+def batchnorm_stats_like_weights(module: torch.nn.Module) -> None:
+    """Give each BatchNorm's running statistics its weights' dtype (other buffers, like the cost
+    vector, stay float32).
 
-    DeepSpeed's bf16/fp16 engine casts the parameters only, and a BatchNorm with bf16 weights and
+    DeepSpeed's bf16 engine casts the parameters only, and a BatchNorm with bf16 weights and
     float32 running statistics fails on the CPU ("expected scalar type BFloat16 but found Float")."""
-    dtype = next(module.parameters()).dtype
-    for sub in module.modules():
-        for name, buf in sub.named_buffers(recurse=False):
-            if buf is not None and buf.is_floating_point():
-                sub._buffers[name] = buf.to(dtype)
+    for bn in module.modules():
+        if isinstance(bn, torch.nn.modules.batchnorm._BatchNorm) and bn.weight is not None:
+            for name in ("running_mean", "running_var"):
+                stat = getattr(bn, name)
+                if stat is not None:
+                    setattr(bn, name, stat.to(bn.weight.dtype))
 
 
 def average_buffers(module: torch.nn.Module) -> None:
@@ -117,7 +119,7 @@ def train_loop_per_worker(config: dict) -> None:
     deepspeed.init_distributed(dist_backend="nccl" if cfg.run.use_gpu else "gloo")
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=deepspeed_config(cfg))
     if cfg.run.bf16 or cfg.run.fp16:
-        buffers_like_parameters(model)
+        batchnorm_stats_like_weights(model)
     if cfg.run.channels_last:  # after DeepSpeed's initial broadcast, which needs contiguous parameters;
         model.to(memory_format=torch.channels_last)  # in place: the optimiser keeps the same parameters
     all_reduce = make_all_reduce(device)
@@ -207,9 +209,9 @@ def _reset_learning_rates(scheduler, cfg: Config) -> None:
     """After a warm start: this run's base LRs (the warm-up's were restored with its state)."""
     bases = [cfg.optim.classifier_lr, cfg.optim.policy_lr]
     scheduler.base_lrs = bases
-    for group, base, factor in zip(scheduler.optimizer.param_groups, bases, scheduler.lr_lambdas):
+    for group, base in zip(scheduler.optimizer.param_groups, bases):
         group["initial_lr"] = base
-        group["lr"] = base * factor(scheduler.last_epoch)
+    set_schedule_position(scheduler, scheduler.last_epoch)
     scheduler._last_lr = [g["lr"] for g in scheduler.optimizer.param_groups]
 
 
