@@ -35,7 +35,7 @@ import time
 import torch
 
 from cascade_dist.data import make_loader
-from cascade_dist.inference.calibration import calibrate, collect_outputs
+from cascade_dist.inference.calibration import calibrate, collect_exit_table
 from cascade_dist.inference.predictor import CascadePrediction, CascadePredictor
 from cascade_dist.inference.weights import load_cascade
 
@@ -100,8 +100,10 @@ def main() -> None:
     batches = load_images(args.shards or loaded.data_config.shards, args.split, args.images, args.batch_size, device)
     n = sum(len(b) for b in batches)
     if args.budget is not None:
-        outputs, targets = collect_outputs(model, [(b, torch.zeros(len(b), dtype=torch.long)) for b in batches], device)
-        predictor = CascadePredictor(model, theta=calibrate(outputs, targets, model.macs, budget=args.budget).theta)
+        table = collect_exit_table(model, [(b, torch.zeros(len(b), dtype=torch.long)) for b in batches],
+                                   ensemble=loaded.eval_config.ensemble, device=device)
+        predictor = CascadePredictor(model, theta=calibrate(table, model.macs, budget=args.budget).theta,
+                                     ensemble=loaded.eval_config.ensemble)
     else:
         predictor = CascadePredictor(model, tau=args.tau or loaded.eval_config.tau, ensemble=loaded.eval_config.ensemble)
     timer = Timer(device)

@@ -1,9 +1,14 @@
 """Choose the stop thresholds on a held-out split: to a cost budget or to a target accuracy.
 
->>> outputs, targets = collect_outputs(cascade, val_loader)
->>> cal = calibrate(outputs, targets, cascade.macs, budget=45.0)       # or target_accuracy=0.92
+>>> table = collect_exit_table(cascade, val_loader, topk=1)            # N·K numbers, not N×K×C
+>>> cal = calibrate(table, cascade.macs, budget=45.0)                  # or target_accuracy=0.92
 >>> cal.save(checkpoint_dir / CALIBRATION_FILE)
 >>> CascadePredictor(cascade, theta=cal.theta)
+
+The split is first reduced to its `ExitTable` (per image and stage: the stop score and whether the
+cascade is right, top-k, when the image exits there), batch by batch, so memory is O(N·K) whatever
+the number of classes; the same table, with `score="max_softmax"` or `"entropy"`, calibrates a
+confidence-threshold cascade over the same classifiers.
 
 Thresholds are log-odds θ_t (stop when log π_t(stop) − log π_t(continue) ≥ θ_t; θ = logit τ).
 Trained policies are near-deterministic: many π are exactly 1.0 in float32, so a τ in (0, 1) could
@@ -33,10 +38,11 @@ from typing import Iterable
 
 import torch
 
-from ..method.evaluate import cascade_probs, run_over
+from ..method.evaluate import run_over
 from ..method.exit_rule import ExitRule
+from ..method.exit_table import ExitTable, ExitTableBuilder
 from ..method.flops import CascadeMACs
-from ..method.models import CascadeOutput, StageRunner
+from ..method.models import StageRunner
 
 CALIBRATION_FILE = "calibration.json"
 MAX_ROUNDS = 10
@@ -49,7 +55,7 @@ class Calibration:
     theta: list[float]
     """Log-odds thresholds, one per stage but the last."""
     target: str
-    """"budget" (cost %) or "accuracy" (top-1, in [0, 1])."""
+    """"budget" (cost %) or "accuracy" (top-k, in [0, 1])."""
     value: float
     per_stage: bool
     num_samples: int
@@ -59,6 +65,10 @@ class Calibration:
     split: str | None = None
     tau: list[float] = field(default_factory=list)
     """The same thresholds as stop probabilities (for reading only: may round to 0 or 1)."""
+    topk: int = 1
+    """The k of `accuracy` (and of a target accuracy)."""
+    score: str = "policy"
+    """What θ thresholds: the policies' stop log-odds, or a confidence score (`exit_table.SCORES`)."""
 
     def save(self, path: str | Path) -> Path:
         """Write atomically (a temporary file moved into place)."""
@@ -82,38 +92,35 @@ class Calibration:
         return cal
 
 
-def collect_outputs(model: StageRunner, loader: Iterable, device: torch.device | str = "cpu"):
-    """Dense outputs (every stage on every image) and targets over a loader, on the CPU."""
-    parts, targets = [], []
-
-    def keep(out, y, images):
-        parts.append((out.log_probs.cpu(), out.log_stop.cpu(), out.log_continue.cpu()))
-        targets.append(y.cpu())
-
-    run_over(model, loader, keep, device=device)
-    if not parts:
+def collect_exit_table(model: StageRunner, loader: Iterable, topk: int = 1, ensemble: bool = True,
+                       scores: tuple[str, ...] = ("policy",), device: torch.device | str = "cpu") -> ExitTable:
+    """The split's `ExitTable` (on the CPU), built batch by batch from dense outputs (every stage on
+    every image) on `device`."""
+    builder = ExitTableBuilder(topk, ensemble, scores)
+    run_over(model, loader, builder, device=device)
+    if not builder.parts:
         raise ValueError("the calibration split gave no images")
-    return CascadeOutput(*(torch.cat(p) for p in zip(*parts))), torch.cat(targets)
+    return builder.table()
 
 
 def calibrate(
-    outputs: CascadeOutput,
-    targets: torch.Tensor,
+    table: ExitTable,
     macs: CascadeMACs,
     budget: float | None = None,
     target_accuracy: float | None = None,
     per_stage: bool = False,
-    ensemble: bool = True,
     split: str | None = None,
+    score: str = "policy",
 ) -> Calibration:
-    """θ meeting `budget` (cost %, of the largest classifier's MACs) or `target_accuracy` on these outputs."""
+    """θ meeting `budget` (cost %, of the largest classifier's MACs) or `target_accuracy` (top-k, the
+    table's k) on this table, for the exit rule of `score`."""
     if (budget is None) == (target_accuracy is None):
         raise ValueError("give exactly one of budget (cost %) and target_accuracy")
     if budget is not None and not budget > 0:
         raise ValueError(f"budget must be a cost % > 0, got {budget}")
     if target_accuracy is not None and not 0 < target_accuracy <= 1:
         raise ValueError(f"target_accuracy must lie in (0, 1], got {target_accuracy}")
-    p = _Problem.build(outputs, targets, macs, ensemble)
+    p = _Problem.build(table, macs, score)
     theta = p.global_theta(budget, target_accuracy)
     if per_stage and p.k > 2:
         theta = p.per_stage(theta, budget, target_accuracy)
@@ -123,7 +130,7 @@ def calibrate(
         value=float(budget if budget is not None else target_accuracy), per_stage=per_stage,
         num_samples=p.n, cost_pct=p.cost_pct(exits), accuracy=p.accuracy(exits),
         exit_fractions=(torch.bincount(exits, minlength=p.k).double() / p.n).tolist(),
-        split=split, tau=ExitRule(tuple(theta)).tau,
+        split=split, tau=ExitRule(tuple(theta)).tau, topk=table.topk, score=score,
     )
 
 
@@ -132,18 +139,14 @@ class _Problem:
     """The held-out split reduced to what the thresholds change: log-odds, correctness per exit, costs."""
 
     log_odds: torch.Tensor  # (N, K) float64
-    correct: torch.Tensor  # (N, K) float64: 1 if the cascade is right when the image exits at stage e
+    correct: torch.Tensor  # (N, K) float64: 1 if the cascade is right (top-k) when the image exits at stage e
     cum_cost: torch.Tensor  # (K,) float64: cost % of exiting at stage e
 
     @classmethod
-    def build(cls, out: CascadeOutput, targets: torch.Tensor, macs: CascadeMACs, ensemble: bool) -> "_Problem":
-        n, k = out.stop_probs.shape
-        correct = torch.stack([
-            cascade_probs(out.log_probs, out.stop_probs, torch.full((n,), e), ensemble).argmax(-1) == targets
-            for e in range(k)
-        ], dim=1).double()
-        d = out.stop_log_odds.double().nan_to_num(nan=-math.inf, posinf=1e300, neginf=-1e300)
-        return cls(d, correct, 100 * macs.cumulative_macs() / macs.reference)
+    def build(cls, table: ExitTable, macs: CascadeMACs, score: str) -> "_Problem":
+        scores, correct = table.view(score)
+        d = scores.double().nan_to_num(nan=-math.inf, posinf=1e300, neginf=-1e300)
+        return cls(d, correct.double(), 100 * macs.cumulative_macs() / macs.reference)
 
     @property
     def n(self) -> int:

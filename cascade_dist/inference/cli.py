@@ -3,8 +3,12 @@
 Real early exit over a split of shards: each image runs only the stages it needs. Prints the
 Table-2 line (accuracy, cost %, exit distribution) and the per-classifier table, and writes to
 `--out`: predict.json, predictions.csv (per image: target, prediction, exit stage from 1, MACs),
-summary.txt, exit_examples.png (the paper's Figure 3), accuracy_matrix.png (Figure 4: the
-accuracy of classifier i on the images exiting at stage j, from a dense pass over the split).
+summary.txt, exit_examples.png (the paper's Figure 3). Only the early exit runs, and per image
+only its prediction, exit stage, MACs and top-k hit are kept (memory O(N), whatever the number of
+classes). `--dense` adds a dense pass (every stage on every image) for accuracy_matrix.png (Figure
+4: the accuracy of classifier i on the images exiting at stage j), each classifier's accuracy, and
+a check that early exit and the dense evaluation agree. Accuracy is top-k, k = `--topk` (default:
+the run config's objective.topk).
 
 The model: a checkpoint directory (or a run directory: its newest checkpoint), a directory
 written by `--export`, or an MLflow artifact URI of one (`runs:/<run id>/cascade_export`).
@@ -22,7 +26,7 @@ import json
 import sys
 import tempfile
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -42,7 +46,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     t.add_argument("--tau", type=float, nargs="+", help="stop threshold on π: one, or one per stage but the last")
     t.add_argument("--theta", type=float, nargs="+", help="stop threshold on the log-odds (logit τ)")
     t.add_argument("--budget", type=float, help="calibrate: the largest θ whose cost %% is within this budget")
-    t.add_argument("--target-accuracy", type=float, help="calibrate: the cheapest θ reaching this top-1 accuracy (0-1)")
+    t.add_argument("--target-accuracy", type=float, help="calibrate: the cheapest θ reaching this top-k accuracy (0-1)")
     p.add_argument("--per-stage", action="store_true", help="calibrate one θ per stage (default: one for all)")
     p.add_argument("--calibration-split", default="val", help="held-out split to calibrate on (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=256)
@@ -51,6 +55,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", default="predictions", help="output directory (default: %(default)s)")
     p.add_argument("--export", metavar="DIR", help="also export the cascade per stage (torch.export) to DIR")
     p.add_argument("--examples", type=int, default=2, help="Figure 3 examples per exit stage (default: %(default)s)")
+    p.add_argument("--topk", type=int, help="accuracy counts the label among the k most probable classes "
+                                            "(default: the run config's objective.topk, else 1)")
+    p.add_argument("--dense", action="store_true",
+                   help="also run every stage on every image: Figure 4, each classifier's accuracy, agreement check")
     p.add_argument("--run-id", help="MLflow run to log the outputs (and the export) to")
     p.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI)")
     return p.parse_args(argv)
@@ -80,7 +88,7 @@ def load_model(source: str, args: argparse.Namespace):
     if (path / MANIFEST).is_file():
         runtime = ExportedCascade.load(path, args.device)
         return runtime, {"source": str(path), "kind": "export", "theta": runtime.theta, "ensemble": runtime.ensemble,
-                         "shards": None, "backend": None, "calibration_path": None}
+                         "shards": None, "backend": None, "calibration_path": None, "topk": 1}
     from .weights import load_cascade
 
     loaded = load_cascade(path)
@@ -89,16 +97,18 @@ def load_model(source: str, args: argparse.Namespace):
     return loaded.model.to(args.device), {
         "source": str(loaded.checkpoint), "kind": "checkpoint", "theta": theta, "tau": loaded.eval_config.tau,
         "ensemble": loaded.eval_config.ensemble, "shards": loaded.data_config.shards,
-        "backend": loaded.data_config.backend, "calibration_path": calibration}
+        "backend": loaded.data_config.backend, "calibration_path": calibration, "topk": loaded.topk}
 
 
 def run(args: argparse.Namespace) -> dict:
-    """Load, choose the thresholds, predict the split (early exit and a dense pass), write, export, log."""
+    """Load, choose the thresholds, predict the split (early exit; with --dense a dense pass too), write, export, log."""
     from ..data import make_loader
     from .predictor import CascadePredictor
 
     if args.batch_size < 1:
         raise InputError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.topk is not None and args.topk < 1:
+        raise InputError(f"--topk must be >= 1, got {args.topk}")
     if args.run_id:
         _check_run(args)
     model, info = load_model(args.checkpoint, args)
@@ -115,17 +125,22 @@ def run(args: argparse.Namespace) -> dict:
 
     test_loader = loader(args.split)  # fails early, naming the split, if it is missing
     out_dir = Path(args.out)
+    info["topk"] = args.topk or info["topk"]
+    if info["topk"] > model.num_classes:
+        raise InputError(f"--topk {info['topk']} exceeds the model's {model.num_classes} classes")
     theta, calibration = choose_thresholds(args, model, info, loader, out_dir)
     predictor = CascadePredictor(model, theta=theta, ensemble=info["ensemble"], device=args.device)
-    pred, targets, report, examples, mismatches, seconds = predict_split(predictor, test_loader, args.examples)
+    split = predict_split(predictor, test_loader, args.examples, info["topk"], args.dense)
 
     names = list(model.names)
-    result = summary(pred, targets, model.macs, names, predictor.tau, theta, args, info, calibration, mismatches, seconds)
-    result["dense_report"] = asdict(report)
-    write_outputs(out_dir, result, pred, targets, report, examples, names, _class_names(shards, args.split))
+    result = summary(split, model.macs, names, predictor.tau, theta, args, info, calibration)
+    report = split.report
+    result["dense_report"] = asdict(report) if report else None
+    write_outputs(out_dir, result, split, names, _class_names(shards, args.split))
     print(result["line"])
-    print(report.table(names))
-    if mismatches["exit"] or mismatches["prediction"]:
+    print(report.table(names) if report else exit_table_text(result, names))
+    mismatches = split.mismatches
+    if mismatches and (mismatches["exit"] or mismatches["prediction"]):
         print(f"{PROG}: warning: early exit and dense evaluation disagree on {mismatches}", file=sys.stderr)
     if args.export:
         from .export import export_cascade
@@ -141,7 +156,7 @@ def run(args: argparse.Namespace) -> dict:
 def choose_thresholds(args, model, info, loader, out_dir: Path):
     """(θ, calibration or None): the options first, then a calibration, the export's or the config's."""
     from ..method.exit_rule import ExitRule
-    from .calibration import CALIBRATION_FILE, calibrate, collect_outputs
+    from .calibration import CALIBRATION_FILE, calibrate, collect_exit_table
 
     k, calibration = model.num_stages, None
     try:
@@ -150,9 +165,10 @@ def choose_thresholds(args, model, info, loader, out_dir: Path):
         elif args.theta is not None:
             theta = list(ExitRule.from_theta(args.theta, k).theta)
         elif args.budget is not None or args.target_accuracy is not None:
-            outputs, targets = collect_outputs(model, loader(args.calibration_split), args.device)
-            calibration = calibrate(outputs, targets, model.macs, args.budget, args.target_accuracy,
-                                    args.per_stage, info["ensemble"], args.calibration_split)
+            table = collect_exit_table(model, loader(args.calibration_split), info["topk"], info["ensemble"],
+                                       device=args.device)
+            calibration = calibrate(table, model.macs, args.budget, args.target_accuracy, args.per_stage,
+                                    args.calibration_split)
             theta = calibration.theta
         else:
             theta = info["theta"] or list(ExitRule.from_tau(info.get("tau", [0.5]), k).theta)
@@ -169,16 +185,36 @@ def choose_thresholds(args, model, info, loader, out_dir: Path):
     return theta, calibration
 
 
-def predict_split(predictor, loader, examples_per_stage: int):
-    """Early exit over the loader, plus a dense pass for Figure 4 and to check that both agree."""
+@dataclass
+class SplitPrediction:
+    """What `predict` keeps of a split: per image (N,) tensors, never the (N, K, C) outputs."""
+
+    predictions: torch.Tensor
+    exit_stage: torch.Tensor
+    macs: torch.Tensor
+    targets: torch.Tensor
+    hit: torch.Tensor
+    """True where the label is among the cascade's top-k classes."""
+    examples: list
+    seconds: float
+    report: object = None
+    """The dense pass's `EvalReport` (with --dense), else None."""
+    mismatches: dict | None = None
+    """Images whose exit stage or prediction differ between early exit and the dense pass (--dense)."""
+
+
+def predict_split(predictor, loader, examples_per_stage: int, topk: int = 1, dense: bool = False) -> SplitPrediction:
+    """Early exit over the loader; with `dense`, a dense pass too (Figure 4, and a check that both agree)."""
     from ..method.evaluate import CascadeEvaluator, EvalConfig, run_over
+    from ..method.exit_table import topk_hits
     from ..method.models import dense_forward
-    from .predictor import CascadePrediction
 
     model, k = predictor.model, predictor.model.num_stages
-    evaluator = CascadeEvaluator(model.macs, EvalConfig(ensemble=predictor.ensemble), theta=list(predictor.rule.theta))
-    parts, all_targets, examples, mismatches = [], [], [], {"exit": 0, "prediction": 0}
-    quota, clock = [examples_per_stage] * k, {"seconds": 0.0, "start": 0.0}
+    evaluator = (CascadeEvaluator(model.macs, EvalConfig(ensemble=predictor.ensemble), list(predictor.rule.theta), topk)
+                 if dense else None)
+    kept = {"predictions": [], "exit_stage": [], "macs": [], "targets": [], "hit": []}
+    examples, mismatches = [], {"exit": 0, "prediction": 0}
+    quota, clock = [examples_per_stage] * k, {"seconds": 0.0}
 
     def timed(images):
         start = time.perf_counter()
@@ -188,64 +224,82 @@ def predict_split(predictor, loader, examples_per_stage: int):
         clock["seconds"] += time.perf_counter() - start
         return pred
 
-    def check_and_keep(pred, targets, images):
-        dense = dense_forward(model, images)
-        evaluator(dense, targets)
-        reference = predictor.pick(dense)
-        mismatches["exit"] += int((reference.exit_stage != pred.exit_stage).sum())
-        mismatches["prediction"] += int((reference.predictions != pred.predictions).sum())
-        pred = CascadePrediction(**{f: getattr(pred, f).cpu() for f in CascadePrediction.__dataclass_fields__})
-        parts.append(pred)
-        all_targets.append(targets.cpu())
+    def keep(pred, targets, images):
+        if evaluator is not None:
+            out = dense_forward(model, images)
+            evaluator(out, targets)
+            reference = predictor.pick(out)
+            mismatches["exit"] += int((reference.exit_stage != pred.exit_stage).sum())
+            mismatches["prediction"] += int((reference.predictions != pred.predictions).sum())
+        targets = targets.to(pred.predictions.device)
+        for name, value in (("predictions", pred.predictions), ("exit_stage", pred.exit_stage), ("macs", pred.macs),
+                            ("targets", targets), ("hit", topk_hits(pred.probs, targets, topk))):
+            kept[name].append(value.cpu())
         for i in range(len(pred) if any(quota) else 0):
             stage = int(pred.exit_stage[i])
             if quota[stage] > 0:
                 quota[stage] -= 1
-                examples.append((images[i].cpu(), int(targets[i]), stage, pred.stage_log_probs[i].exp(),
-                                 pred.stop_probs[i], int(pred.predictions[i])))
+                examples.append((images[i].cpu(), int(targets[i]), stage, pred.stage_log_probs[i].exp().cpu(),
+                                 pred.stop_probs[i].cpu(), int(pred.predictions[i])))
 
-    run_over(timed, loader, check_and_keep, device=predictor.device)
-    if not parts:
+    run_over(timed, loader, keep, device=predictor.device)
+    if not kept["targets"]:
         raise InputError("the split gave no images")
-    return (CascadePrediction.cat(parts), torch.cat(all_targets), evaluator.compute(), examples, mismatches,
-            clock["seconds"])
+    return SplitPrediction(**{name: torch.cat(parts) for name, parts in kept.items()}, examples=examples,
+                           seconds=clock["seconds"], report=evaluator.compute() if evaluator else None,
+                           mismatches=mismatches if evaluator else None)
 
 
-def summary(pred, targets, macs, names, tau, theta, args, info, calibration, mismatches, seconds) -> dict:
-    n, k = len(pred), len(names)
-    exits = torch.bincount(pred.exit_stage, minlength=k).double() / max(n, 1)
-    accuracy = float((pred.predictions == targets).double().mean())
-    macs_per_image = float(pred.macs.mean())
+def summary(split: SplitPrediction, macs, names, tau, theta, args, info, calibration) -> dict:
+    n, k = len(split.targets), len(names)
+    exits = torch.bincount(split.exit_stage, minlength=k).double()
+    accuracy = float(split.hit.double().mean())
+    at_exit = [float(split.hit[split.exit_stage == t].double().mean()) if exits[t] > 0 else None for t in range(k)]
+    macs_per_image = float(split.macs.mean())
     cost = 100 * macs_per_image / macs.reference
     taus = "/".join(f"{t:.4g}" for t in tau)
-    line = (f"cascade {' > '.join(names)} | {args.split}: {n} images | tau {taus} | accuracy {100 * accuracy:.2f} % | "
+    name = "accuracy" if info["topk"] == 1 else f"top-{info['topk']} accuracy"
+    line = (f"cascade {' > '.join(names)} | {args.split}: {n} images | tau {taus} | {name} {100 * accuracy:.2f} % | "
             f"cost {cost:.2f} % ({macs_per_image / 1e6:.2f} M MACs/image) | exits "
-            + " / ".join(f"{100 * f:.1f}" for f in exits.tolist()) + " %")
+            + " / ".join(f"{100 * f:.1f}" for f in (exits / n).tolist()) + " %")
     return {
         "line": line, "model": info["source"], "kind": info["kind"], "names": names, "split": args.split,
-        "num_samples": n, "tau": tau, "theta": list(theta), "ensemble": info["ensemble"],
-        "accuracy": accuracy, "cost_pct": cost, "macs_per_image": macs_per_image,
-        "exit_fractions": exits.tolist(), "calibration": asdict(calibration) if calibration else None,
-        "dense_mismatches": mismatches, "early_exit_seconds": seconds,
-        "early_exit_images_per_s": n / seconds if seconds > 0 else None,
+        "num_samples": n, "tau": tau, "theta": list(theta), "ensemble": info["ensemble"], "topk": info["topk"],
+        "accuracy": accuracy, "top1_accuracy": float((split.predictions == split.targets).double().mean()),
+        "cost_pct": cost, "macs_per_image": macs_per_image,
+        "exit_fractions": (exits / n).tolist(), "accuracy_at_exit": at_exit,
+        "calibration": asdict(calibration) if calibration else None,
+        "dense_mismatches": split.mismatches, "early_exit_seconds": split.seconds,
+        "early_exit_images_per_s": n / split.seconds if split.seconds > 0 else None,
     }
 
 
-def write_outputs(out_dir, result, pred, targets, report, examples, names, class_names) -> None:
+def exit_table_text(result: dict, names) -> str:
+    """Per exit stage: its share of the images and the cascade's accuracy on them (no dense pass needed)."""
+    width = max(len(n) for n in names) + 2
+    lines = [f"{'exit at':<{width}}{'exits %':>9}{'accuracy %':>12}", "-" * (width + 21)]
+    for name, frac, acc in zip(names, result["exit_fractions"], result["accuracy_at_exit"]):
+        lines.append(f"{name:<{width}}{100 * frac:>9.1f}{'-' if acc is None else f'{100 * acc:.2f}':>12}")
+    return "\n".join(lines)
+
+
+def write_outputs(out_dir, result, split: SplitPrediction, names, class_names) -> None:
     from .plots import accuracy_matrix_plot, exit_examples_plot
 
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "predict.json").write_text(json.dumps(result, indent=1))
-    (out_dir / "summary.txt").write_text(result["line"] + "\n" + report.table(names) + "\n")
+    table = split.report.table(names) if split.report else exit_table_text(result, names)
+    (out_dir / "summary.txt").write_text(result["line"] + "\n" + table + "\n")
     with open(out_dir / "predictions.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["index", "target", "prediction", "exit_stage", "macs"])
-        rows = zip(targets.tolist(), pred.predictions.tolist(), pred.exit_stage.tolist(), pred.macs.tolist())
+        rows = zip(split.targets.tolist(), split.predictions.tolist(), split.exit_stage.tolist(), split.macs.tolist())
         for i, (target, prediction, stage, macs) in enumerate(rows):
             w.writerow([i, target, prediction, stage + 1, int(macs)])
-    accuracy_matrix_plot(report, out_dir / "accuracy_matrix.png")
+    if split.report:
+        accuracy_matrix_plot(split.report, out_dir / "accuracy_matrix.png")
+    examples = sorted(split.examples, key=lambda e: e[2])
     if examples:
-        examples.sort(key=lambda e: e[2])
         image, target, stage, probs, stop, said = (torch.stack([torch.as_tensor(e[j]) for e in examples]).numpy()
                                                    for j in range(6))
         exit_examples_plot(image, target, stage, probs, stop, out_dir / "exit_examples.png", class_names, names, said)

@@ -24,7 +24,8 @@ def tradeoff_plot(report: EvalReport, path: str | Path, names: list[str] | None 
     ax.plot(report.static_cost_pct, [100 * a for a in report.static_accuracy], "ks", label="classifiers alone")
     for name, x, y in zip(names, report.static_cost_pct, report.static_accuracy):
         ax.annotate(name, (x, 100 * y), textcoords="offset points", xytext=(4, -10), fontsize=8)
-    ax.set(xlabel="cost (% of the largest classifier's MACs)", ylabel="top-1 accuracy (%)", title="Accuracy vs cost")
+    ax.set(xlabel="cost (% of the largest classifier's MACs)", ylabel=f"top-{report.topk} accuracy (%)",
+           title="Accuracy vs cost")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     return _save(fig, path)

@@ -35,6 +35,8 @@ class LoadedCascade:
     eval_config: EvalConfig
     data_config: DataConfig
     checkpoint: Path
+    topk: int = 1
+    """The run's `objective.topk`: the k its accuracies count (the label among the k most probable)."""
 
 
 def save_weights(model: torch.nn.Module, directory: str | Path) -> Path:
@@ -83,6 +85,14 @@ def read_sections(config_file: Path) -> tuple[ModelConfig, EvalConfig, DataConfi
     return tuple(out)
 
 
+def read_topk(config_file: Path) -> int:
+    """The run's `objective.topk` (1 when the config predates it)."""
+    topk = OmegaConf.select(OmegaConf.load(config_file), "objective.topk", default=1)
+    if not isinstance(topk, int) or topk < 1:
+        raise ValueError(f"{config_file}: objective.topk must be an integer >= 1, got {topk!r}")
+    return topk
+
+
 def load_error_line(path: str | Path, err: BaseException) -> str:
     """One line for a file `torch.load(weights_only=True)` could not load: the file, and for a
     weights-only refusal the disallowed global (torch's own message spans a screen)."""
@@ -112,7 +122,8 @@ def load_weights(model: torch.nn.Module, file: Path) -> torch.nn.Module:
 def load_cascade(path: str | Path) -> LoadedCascade:
     """The cascade of a checkpoint or run directory, in eval mode, with the sections it was trained with."""
     checkpoint = find_checkpoint(path)
-    model_cfg, eval_cfg, data_cfg = read_sections(checkpoint_config(checkpoint))
+    config_file = checkpoint_config(checkpoint)
+    model_cfg, eval_cfg, data_cfg = read_sections(config_file)
     model_cfg.weights = None  # the checkpoint holds every weight: no per-classifier files needed
     model = load_weights(model_cfg.build(), checkpoint / WEIGHTS_FILE)
-    return LoadedCascade(model.eval(), model_cfg, eval_cfg, data_cfg, checkpoint)
+    return LoadedCascade(model.eval(), model_cfg, eval_cfg, data_cfg, checkpoint, read_topk(config_file))

@@ -3,7 +3,9 @@ that runs a model over a loader.
 
 An image stops where the `ExitRule` says (the first stage t with π_t(stop) ≥ τ_t). The prediction
 is the ensemble of the visited classifiers' softmaxes weighted by the stop probabilities they gave
-(or, with `ensemble=False`, the exiting classifier's softmax alone).
+(or, with `ensemble=False`, the exiting classifier's softmax alone). Accuracy is top-k with the
+run's k (`objective.topk`), everywhere: the cascade, each classifier, the matrix and the τ sweep,
+all read off the batch's `ExitTable` rows.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 
 from .exit_rule import ExitRule, check_tau, log_odds_of
+from .exit_table import ExitTable, cascade_probs, table_rows, topk_hits
 from .flops import CascadeMACs
 from .objective import AllReduce, local_sum
 from .sections import Problem, Section
@@ -71,23 +74,6 @@ def run_over(model: Callable, loader: Iterable, *sinks: Sink, device: torch.devi
     return n
 
 
-def cascade_probs(
-    log_probs: torch.Tensor, stop_probs: torch.Tensor, exits: torch.Tensor, ensemble: bool = True
-) -> torch.Tensor:
-    """Class probabilities of the cascade's prediction, (N, C)."""
-    probs = log_probs.exp()
-    if not ensemble:
-        return probs[torch.arange(len(exits)), exits]
-    stages = torch.arange(stop_probs.shape[1], device=stop_probs.device)
-    weights = stop_probs * (stages[None, :] <= exits[:, None])
-    return (weights[:, :, None] * probs).sum(1) / weights.sum(1, keepdim=True)
-
-
-def _hits(probs: torch.Tensor, targets: torch.Tensor, k: int) -> torch.Tensor:
-    """1 where the target is among the k most probable classes (last dim)."""
-    return (probs.topk(k, dim=-1).indices == targets.view(-1, *([1] * (probs.dim() - 1)))).any(-1)
-
-
 @dataclass
 class EvalReport:
     """Metrics of one evaluation of the cascade (floats and lists: JSON- and MLflow-ready)."""
@@ -95,6 +81,7 @@ class EvalReport:
     num_samples: int
     tau: list[float]
     accuracy: float
+    """Top-k accuracy, k = `topk` (as every accuracy below but the top-1 and top-5 side metrics)."""
     top5_accuracy: float | None
     cost_pct: float
     macs_per_image: float
@@ -107,17 +94,21 @@ class EvalReport:
     """The (τ, cost %, accuracy) curve of this model over a τ grid."""
     operating_point: str | None = None
     """How the thresholds were chosen, when not the config's τ (e.g. calibrated to a budget)."""
+    topk: int = 1
+    top1_accuracy: float | None = None
 
     def table(self, names: Sequence[str] | None = None) -> str:
         """The summary table: each classifier alone, the cascade, and where images stop."""
         names = list(names or [f"C{t + 1}" for t in range(len(self.static_accuracy))])
         point = self.operating_point or "tau=" + "/".join(f"{t:.2f}" for t in self.tau)
         width = max(len(n) for n in [*names, f"cascade ({point})"]) + 2
-        lines = [f"{'model':<{width}}{'accuracy %':>11}{'cost %':>9}{'exits %':>9}", "-" * (width + 29)]
+        head = "accuracy %" if self.topk == 1 else f"top-{self.topk} %"
+        lines = [f"{'model':<{width}}{head:>11}{'cost %':>9}{'exits %':>9}", "-" * (width + 29)]
         for name, acc, cost, frac in zip(names, self.static_accuracy, self.static_cost_pct, self.exit_fractions):
             lines.append(f"{name:<{width}}{100 * acc:>11.2f}{cost:>9.2f}{100 * frac:>9.1f}")
         lines.append(f"{'cascade (' + point + ')':<{width}}{100 * self.accuracy:>11.2f}{self.cost_pct:>9.2f}{'-':>9}")
-        lines.append(f"largest classifier alone: {100 * self.static_accuracy[-1]:.2f} % at 100 % cost; "
+        lines.append(f"largest classifier alone{'' if self.topk == 1 else f' (top-{self.topk})'}: "
+                     f"{100 * self.static_accuracy[-1]:.2f} % at 100 % cost; "
                      f"cascade: {100 * self.accuracy:.2f} % at {self.cost_pct:.2f} % "
                      f"({self.macs_per_image / 1e6:.2f} M MACs per image, {self.num_samples} images)")
         return "\n".join(lines)
@@ -125,6 +116,8 @@ class EvalReport:
     def metrics(self) -> dict[str, float]:
         """Flat scalar metrics for trackers."""
         out = {"accuracy": self.accuracy, "cost_pct": self.cost_pct, "macs_per_image": self.macs_per_image}
+        if self.top1_accuracy is not None and self.topk != 1:
+            out["top1_accuracy"] = self.top1_accuracy
         if self.top5_accuracy is not None:
             out["top5_accuracy"] = self.top5_accuracy
         for t, (f, a) in enumerate(zip(self.exit_fractions, self.static_accuracy)):
@@ -136,9 +129,12 @@ class EvalReport:
 class CascadeEvaluator:
     """Accumulates sufficient statistics over batches; all-reducible, then `compute()`."""
 
-    def __init__(self, macs: CascadeMACs, config: EvalConfig | None = None, theta: Sequence[float] | None = None):
-        """`theta`: log-odds thresholds (1 or K-1) in place of `config.tau`, e.g. a calibrated θ."""
+    def __init__(self, macs: CascadeMACs, config: EvalConfig | None = None, theta: Sequence[float] | None = None,
+                 topk: int = 1):
+        """`theta`: log-odds thresholds (1 or K-1) in place of `config.tau`, e.g. a calibrated θ;
+        `topk`: the accuracy's k (the run's `objective.topk`)."""
         self.config = config or EvalConfig()
+        self.topk = int(topk)
         self.macs = macs
         k = len(macs.classifier)
         self.rule = ExitRule.of(k, self.config.tau, theta)
@@ -151,6 +147,7 @@ class CascadeEvaluator:
         self.sums = {
             "n": torch.zeros((), dtype=torch.float64),
             "correct": torch.zeros((), dtype=torch.float64),
+            "correct1": torch.zeros((), dtype=torch.float64),
             "correct5": torch.zeros((), dtype=torch.float64),
             "exits": torch.zeros(k, dtype=torch.float64),
             "static_correct": torch.zeros(k, dtype=torch.float64),
@@ -171,23 +168,32 @@ class CascadeEvaluator:
         """One batch of dense outputs. The rule is d ≥ θ on the model's stop log-odds; without them
         d = logit π (the same rule, blind only where π rounds to 0 or 1)."""
         log_probs, stop_probs, targets = (x.detach().float().cpu() for x in (log_probs, stop_probs, targets))
-        stop_log_odds = log_odds_of(stop_probs) if stop_log_odds is None else stop_log_odds.detach().cpu()
+        stop_log_odds = log_odds_of(stop_probs) if stop_log_odds is None else stop_log_odds.detach().float().cpu()
+        rows = table_rows(log_probs, stop_probs, stop_log_odds, targets, self.topk, self.config.ensemble)
         exits = self.rule.exits(stop_log_odds)
         probs = cascade_probs(log_probs, stop_probs, exits, self.config.ensemble)
-        onehot = torch.nn.functional.one_hot(exits, stop_probs.shape[1]).double()
-        static_hits = _hits(log_probs, targets, 1).double()  # (N, K)
-        s = self.sums
         self.num_classes = probs.shape[1]
-        s["n"] += len(targets)
-        s["correct"] += _hits(probs, targets, 1).sum()
+        self.sums["correct1"] += topk_hits(probs, targets, 1).sum()
         if probs.shape[1] >= 5:
-            s["correct5"] += _hits(probs, targets, 5).sum()
+            self.sums["correct5"] += topk_hits(probs, targets, 5).sum()
+        self.update_table(rows)
+
+    @torch.no_grad()
+    def update_table(self, table: ExitTable, score: str = "policy") -> None:
+        """Rows of an `ExitTable` (the top-1/top-5 side metrics need `update`'s dense outputs)."""
+        scores, correct = table.view(score)
+        correct, static = correct.double(), table.static_correct.double()
+        exits = self.rule.exits(scores)
+        onehot = torch.nn.functional.one_hot(exits, table.k).double()
+        s = self.sums
+        s["n"] += table.n
+        s["correct"] += correct.gather(1, exits[:, None]).sum()
         s["exits"] += onehot.sum(0)
-        s["static_correct"] += static_hits.sum(0)
-        s["matrix_correct"] += static_hits.T @ onehot
+        s["static_correct"] += static.sum(0)
+        s["matrix_correct"] += static.T @ onehot
         for i, rule in enumerate(self.sweep_rules):
-            ex = rule.exits(stop_log_odds)
-            s["sweep_correct"][i] += _hits(cascade_probs(log_probs, stop_probs, ex, self.config.ensemble), targets, 1).sum()
+            ex = rule.exits(scores)
+            s["sweep_correct"][i] += correct.gather(1, ex[:, None]).sum()
             s["sweep_macs"][i] += self.cum_macs[ex].sum()
 
     def all_reduce(self, all_reduce: AllReduce = local_sum) -> None:
@@ -210,6 +216,7 @@ class CascadeEvaluator:
             num_samples=int(n),
             tau=self.tau,
             accuracy=float(s["correct"]) / n,
+            top1_accuracy=float(s["correct1"]) / n if self.num_classes else None,
             top5_accuracy=float(s["correct5"]) / n if self.num_classes >= 5 else None,
             cost_pct=100 * macs / ref,
             macs_per_image=macs,
@@ -221,6 +228,7 @@ class CascadeEvaluator:
                 {"tau": t, "cost_pct": 100 * float(m) / n / ref, "accuracy": float(c) / n}
                 for t, c, m in zip(self.sweep_taus, s["sweep_correct"], s["sweep_macs"])
             ],
+            topk=self.topk,
         )
 
 
@@ -232,9 +240,10 @@ def evaluate(
     all_reduce: AllReduce = local_sum,
     device: torch.device | str = "cpu",
     theta: Sequence[float] | None = None,
+    topk: int = 1,
 ) -> EvalReport:
-    """Run `model` (a Cascade or an engine wrapping one) over `loader` and report the metrics."""
-    evaluator = CascadeEvaluator(macs, config, theta)
+    """Run `model` (a Cascade or an engine wrapping one) over `loader` and report the metrics (top-k)."""
+    evaluator = CascadeEvaluator(macs, config, theta, topk)
     run_over(model, loader, evaluator, device=device)
     evaluator.all_reduce(all_reduce)
     return evaluator.compute()

@@ -316,6 +316,6 @@ def fit(
                                       progress=progress, budget=budget, scheduler=scheduler)
         scheduler.step()
         if eval_loader is not None:
-            record["eval"] = evaluate(model, eval_loader, model.macs, eval_config, device=device)
+            record["eval"] = evaluate(model, eval_loader, model.macs, eval_config, device=device, topk=objective.topk)
         history.append(record)
     return history

@@ -169,9 +169,9 @@ def train_loop_per_worker(config: dict) -> None:
         calibration = None
         if held_out is not None and cfg.optim.phase(epoch) == "joint":
             calibration = budget_calibration(engine, model.macs, held_out, cfg.objective.budget, cfg.eval.ensemble,
-                                             cfg.data.calibration_split, device)
+                                             cfg.data.calibration_split, device, cfg.objective.topk)
         report = evaluate(engine, eval_loader, model.macs, cfg.eval, all_reduce, device,
-                          theta=calibration.theta if calibration else None)
+                          theta=calibration.theta if calibration else None, topk=cfg.objective.topk)
         if calibration:
             report.operating_point = describe(calibration)
         skipped = all_reduce(torch.tensor([float(train_loader.skipped + eval_loader.skipped)]))

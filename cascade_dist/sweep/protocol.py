@@ -4,7 +4,9 @@ Per seed, one shared warm-up (`runtime.control.warmup_config`), then from its ch
 * static: each classifier trained alone for the same total number of epochs (the control);
 * the learned cascades, one per recipe (`Recipe`): "Ours" (joint REINFORCE), the paper's own
   recipe, and "Ours (S)" (policies on the frozen warm-up classifiers).
-Then, offline, every method's stop scores on the held-out and test splits:
+Then, offline, each checkpoint's held-out and test splits pass once through its cascade on the
+run's workers (`runtime.exit_tables`), each reduced to an `ExitTable` (per image and stage: the stop
+scores, and whether the answer is right, top-k). Every method reads its exit rule off a table:
 * a learned cascade scores with its policies' stop log-odds (and answers with the ensemble of the
   visited classifiers, as configured);
 * the confidence-threshold cascades score with the max softmax (over the static classifiers, and
@@ -18,22 +20,20 @@ accuracy (class-balanced where asked: the mean of the per-class accuracies).
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
-from ..data import make_loader
-from ..inference.calibration import calibrate, collect_outputs
+from ..inference.calibration import calibrate
 from ..inference.weights import load_cascade
-from ..method.evaluate import cascade_probs
 from ..method.exit_rule import ExitRule
+from ..method.exit_table import ExitTable
 from ..method.flops import CascadeMACs
-from ..method.models import CascadeOutput
 from ..runtime.config import Config, from_container, to_container
 from ..runtime.control import continued_config, static_config, warmup_config
+from ..runtime.exit_tables import split_tables
+from .baselines import classifier_only
 
 NAMED_BUDGETS = (15.0, 25.0, 35.0, 50.0)
 METHOD_LABELS = {
@@ -84,45 +84,19 @@ def train_seed(cfg: Config, seed: int, recipes, run: Callable) -> dict[str, str]
 
 @dataclass
 class Scored:
-    """One method on one split: per image the K stop scores (the last +inf) and the outputs."""
+    """One method on one split: its exit table, the score it thresholds, and what a stage costs."""
 
-    outputs: CascadeOutput
-    targets: torch.Tensor
+    table: ExitTable
+    score: str
     macs: CascadeMACs
-    ensemble: bool
-
-
-def confidence_scored(outputs: CascadeOutput, targets, macs: CascadeMACs, kind: str) -> Scored:
-    """A threshold cascade over classifiers: stop where max softmax (or −entropy) is high enough."""
-    probs = outputs.log_probs.exp()
-    if kind == "max_softmax":
-        p = probs.max(-1).values.double().clamp(1e-12, 1 - 1e-12)
-        score = (p.log() - (-p).log1p()).float()  # monotone in the max softmax
-    else:
-        score = (probs * outputs.log_probs).sum(-1)  # −entropy
-    score[:, -1] = math.inf
-    finite = score[:, :-1]
-    log_stop = torch.cat([F.logsigmoid(finite), torch.zeros_like(score[:, -1:])], 1)
-    log_continue = torch.cat([F.logsigmoid(-finite), torch.full_like(score[:, -1:], -math.inf)], 1)
-    classifier_only = CascadeMACs(macs.classifier, (0,) * len(macs.classifier))
-    return Scored(CascadeOutput(outputs.log_probs, log_stop, log_continue), targets, classifier_only, False)
-
-
-def accuracy(pred: torch.Tensor, targets: torch.Tensor, balanced: bool, num_classes: int) -> float:
-    right = (pred == targets).double()
-    if not balanced:
-        return float(right.mean())
-    per_class = [right[targets == c].mean() for c in range(num_classes) if bool((targets == c).any())]
-    return float(torch.stack(per_class).mean())
 
 
 def point(scored: Scored, theta: list[float], balanced: bool) -> tuple[float, float, torch.Tensor]:
     """(cost %, accuracy, exit stages) of threshold θ on a split."""
-    out = scored.outputs
-    exits = ExitRule(tuple(theta)).exits(out.stop_log_odds)
-    pred = cascade_probs(out.log_probs, out.stop_probs, exits, scored.ensemble).argmax(-1)
+    scores, correct = scored.table.view(scored.score)
+    exits = ExitRule(tuple(theta)).exits(scores)
     cost = 100 * float(scored.macs.cumulative_macs()[exits].mean()) / scored.macs.reference
-    return cost, accuracy(pred, scored.targets, balanced, out.log_probs.shape[-1]), exits
+    return cost, scored.table.accuracy(correct.gather(1, exits[:, None]).squeeze(1), balanced), exits
 
 
 @dataclass
@@ -149,7 +123,7 @@ def curve(held_out: Scored, test: Scored, budgets, balanced: bool) -> Curve:
     for b in budgets:
         if b < floor:
             continue
-        cal = calibrate(held_out.outputs, held_out.targets, held_out.macs, budget=b, ensemble=held_out.ensemble)
+        cal = calibrate(held_out.table, held_out.macs, budget=b, score=held_out.score)
         cost, acc, _ = point(test, cal.theta, balanced)
         c.budgets.append(float(b))
         c.cost_pct.append(cost)
@@ -165,49 +139,44 @@ def budget_grid(macs: CascadeMACs, n: int = 40) -> list[float]:
     return sorted({*NAMED_BUDGETS, *[round(g, 2) for g in grid]})
 
 
-def score_seed(checkpoints: dict[str, str], shards: str, held_out_split: str, test_split: str, balanced: bool,
-               batch_size: int = 500) -> tuple[dict[str, Curve], dict]:
+CONFIDENCE_METHODS = (("threshold_static", "static", "max_softmax"), ("entropy_static", "static", "entropy"),
+                      ("threshold_joint", "ours", "max_softmax"))
+
+
+def score_seed(checkpoints: dict[str, str], cfg: Config, held_out_split: str, balanced: bool,
+               ) -> tuple[dict[str, Curve], dict]:
     """Every method's curve for one seed, and the static classifiers' test accuracies."""
-    splits, loaded = {}, {}
+    test_split = cfg.data.eval_split
+    sources = {src for _, src, _ in CONFIDENCE_METHODS}
+    tables, macs = {}, {}
     for name, ckpt in checkpoints.items():
-        loaded[name] = load_cascade(ckpt)
-        model = loaded[name].model
-        splits[name] = {
-            split: collect_outputs(model, make_loader(shards, split, batch_size, backend="torch", train=False,
-                                                      num_workers=1))
-            for split in (held_out_split, test_split)
-        }
-    static_model = loaded["static"].model
-    stat_out, stat_y = splits["static"][test_split]
-    n_classes = stat_out.log_probs.shape[-1]
-    static_acc = [accuracy(stat_out.log_probs[:, t].argmax(-1), stat_y, balanced, n_classes)
-                  for t in range(stat_out.log_probs.shape[1])]
-    budgets = budget_grid(static_model.macs)
+        scores = ("policy", "max_softmax", "entropy") if name in sources else ("policy",)
+        tables[name] = split_tables(ckpt, cfg, [held_out_split, test_split], scores)
+        macs[name] = load_cascade(ckpt).model.macs
+    static_test = tables["static"][test_split]
+    static_acc = [static_test.accuracy(static_test.static_correct[:, t], balanced) for t in range(static_test.k)]
+    budgets = budget_grid(macs["static"])
     curves = {}
     for name in checkpoints:
-        if name == "static":
-            continue
-        ensemble = loaded[name].eval_config.ensemble
-        scored = [Scored(*splits[name][s], loaded[name].model.macs, ensemble) for s in (held_out_split, test_split)]
-        curves[name] = curve(*scored, budgets, balanced)
-    for method, source, kind in (("threshold_static", "static", "max_softmax"), ("entropy_static", "static", "entropy"),
-                                 ("threshold_joint", "ours", "max_softmax")):
-        if source in splits:
-            scored = [confidence_scored(*splits[source][s], loaded[source].model.macs, kind)
-                      for s in (held_out_split, test_split)]
+        if name != "static":
+            scored = [Scored(tables[name][s], "policy", macs[name]) for s in (held_out_split, test_split)]
+            curves[name] = curve(*scored, budgets, balanced)
+    for method, source, kind in CONFIDENCE_METHODS:
+        if source in tables:
+            scored = [Scored(tables[source][s], kind, classifier_only(macs[source])) for s in (held_out_split, test_split)]
             curves[method] = curve(*scored, budgets, balanced)
-    macs = static_model.macs
     extras = {}
     if "ours" in curves and curves["ours"].at(35.0) is not None:  # Figure 4 and the exit histogram, at 35 %
         from ..method.evaluate import CascadeEvaluator, EvalConfig
 
         theta = curves["ours"].theta[curves["ours"].budgets.index(35.0)]
-        out, y = splits["ours"][test_split]
-        ev = CascadeEvaluator(loaded["ours"].model.macs, EvalConfig(ensemble=loaded["ours"].eval_config.ensemble),
-                              theta=theta)
-        ev(out, y)
+        table = tables["ours"][test_split]
+        ev = CascadeEvaluator(macs["ours"], EvalConfig(ensemble=table.ensemble), theta=theta, topk=table.topk)
+        ev.update_table(table)
         extras["ours_report_at_35"] = ev.compute()
-    return curves, {**extras, "static_accuracy": static_acc, "static_cost_pct": [100 * m / macs.reference for m in macs.classifier]}
+    ref = macs["static"]
+    return curves, {**extras, "static_accuracy": static_acc,
+                    "static_cost_pct": [100 * m / ref.reference for m in ref.classifier]}
 
 
 def mean_std(values: list[float | None]) -> dict | None:

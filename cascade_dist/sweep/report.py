@@ -56,7 +56,7 @@ def write_report(out: str | Path, summary: dict[str, Any]) -> dict[str, Path]:
     paths = {"json": out / "report.json", "csv": out / "trials.csv", "md": out / "report.md", "plot": out / "tradeoff.png"}
     paths["json"].write_text(json.dumps(summary, indent=1, default=lambda o: o.to_dict() if isinstance(o, Trial) else str(o)))
     _write_csv(paths["csv"], trials)
-    tradeoff_figure(paths["plot"], trials, front, static, threshold)
+    tradeoff_figure(paths["plot"], trials, front, static, threshold, summary.get("topk", 1))
     paths["md"].write_text(_markdown(summary, trials, static, threshold, matches, static_best))
     return paths
 
@@ -96,7 +96,7 @@ def _markdown(summary, trials, static, threshold, matches, static_best) -> str:
                      f"(time saved ≈ {w['saved_s']:.0f} s, {w['saved_s'] / 60:.1f} min)." if w.get("shared")
                      else f"Warm-up per trial (shared warm-up off); the baselines' warm-up run took {w['seconds']:.0f} s.")
     lines += ["", f"Cascade: {' → '.join(summary['classifiers'])}. Cost = % of the largest classifier's MACs; "
-              f"accuracy = top-1 on the test split ({summary.get('num_test', '?')} images). "
+              f"accuracy = top-{summary.get('topk', 1)} on the test split ({summary.get('num_test', '?')} images). "
               f"Threshold-cascade thresholds tuned on: {summary.get('held_out_split', '?')}.", "",
               "## Table 2 comparison", ""]
     lines += [_sentence(m, static_best) for m in matches]
@@ -125,7 +125,7 @@ def _markdown(summary, trials, static, threshold, matches, static_best) -> str:
 
 
 def tradeoff_figure(path: Path, trials: list[Trial], front: list[Point], static: list[Point],
-                    threshold: list[Point]) -> Path:
+                    threshold: list[Point], topk: int = 1) -> Path:
     """All trials, their Pareto front, the static classifiers and the confidence-threshold curve."""
     from ..inference.plots import _save, plt
 
@@ -150,7 +150,7 @@ def tradeoff_figure(path: Path, trials: list[Trial], front: list[Point], static:
     ax.plot([p.cost_pct for p in static], [100 * p.accuracy for p in static], "ks", label="classifiers alone")
     for p in static:
         ax.annotate(p.label, (p.cost_pct, 100 * p.accuracy), textcoords="offset points", xytext=(4, -10), fontsize=8)
-    ax.set(xlabel="cost (% of the largest classifier's MACs)", ylabel="top-1 accuracy (%)",
+    ax.set(xlabel="cost (% of the largest classifier's MACs)", ylabel=f"top-{topk} accuracy (%)",
            title="α sweep: accuracy vs cost")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")

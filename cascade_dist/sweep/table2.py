@@ -65,7 +65,7 @@ def protocol(cfg, args, command: str) -> int:
     seeds, static = {}, {}
     for seed in args.seeds:
         checkpoints = train_seed(cfg, seed, recipes, launch.run)
-        curves, stat = score_seed(checkpoints, cfg.data.shards, args.held_out_split, cfg.data.eval_split, args.balanced)
+        curves, stat = score_seed(checkpoints, cfg, args.held_out_split, args.balanced)
         seeds[seed] = {"checkpoints": checkpoints, "curves": curves, "ours_report_at_35": stat.pop("ours_report_at_35", None)}
         static[seed] = stat
         print(f"{PROG}: seed {seed} done after {(time.perf_counter() - start) / 60:.1f} min", flush=True)
@@ -90,7 +90,8 @@ def summarize(cfg, args, seeds, static, command, wall_s) -> dict:
         }
     return {
         "command": command, "wall_clock_s": wall_s, "classifiers": cfg.model.classifiers, "seeds": list(seeds),
-        "accuracy": "class-balanced top-1 (mean of per-class accuracies)" if args.balanced else "top-1",
+        "accuracy": (f"class-balanced top-{cfg.objective.topk} (mean of per-class accuracies)" if args.balanced
+                     else f"top-{cfg.objective.topk}"),
         "held_out_split": args.held_out_split, "test_split": cfg.data.eval_split,
         "epochs": {"warmup": cfg.optim.warmup_epochs, "joint": cfg.optim.joint_epochs},
         "static_cost_pct": static[next(iter(static))]["static_cost_pct"],

@@ -13,7 +13,7 @@ import torch
 from real_data import fashion_mnist_tensors
 from torch.utils.data import DataLoader
 
-from cascade_dist.inference.calibration import calibrate, collect_outputs
+from cascade_dist.inference.calibration import calibrate, collect_exit_table
 from cascade_dist.method.evaluate import EvalConfig, evaluate
 from cascade_dist.method.models import Cascade
 from cascade_dist.method.objective import ObjectiveConfig
@@ -98,8 +98,7 @@ def test_budget_mode_keeps_the_expected_cost_within_the_budget(warm_cascade_4):
         if budget is None:
             continue
         assert 100 * last["train"]["expected_cost"] <= budget + 5
-        outputs, targets = collect_outputs(cascade, val)
-        theta = calibrate(outputs, targets, cascade.macs, budget=budget).theta
+        theta = calibrate(collect_exit_table(cascade, val), cascade.macs, budget=budget).theta
         at_budget = evaluate(cascade, test, cascade.macs, EvalConfig(), theta=theta)
         print(f"calibrated on held-out images: test cost={at_budget.cost_pct:.1f}% acc={at_budget.accuracy:.3f}")
         assert abs(at_budget.cost_pct - budget) <= 3

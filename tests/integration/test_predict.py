@@ -57,7 +57,7 @@ def predicted(run_dir, mlflow_run, tmp_path_factory):
     out, export = tmp_path_factory.mktemp("out"), tmp_path_factory.mktemp("export")
     rc = main(["--checkpoint", str(run_dir), "--split", "test", "--budget", "60", "--calibration-split", "val",
                "--out", str(out), "--export", str(export), "--run-id", run_id, "--tracking-uri", uri,
-               "--batch-size", "64"])
+               "--batch-size", "64", "--dense"])
     assert rc == 0
     return out, json.loads((out / "predict.json").read_text())
 
@@ -100,8 +100,12 @@ def test_outputs_land_in_mlflow_and_the_exported_model_loads_from_there(predicte
     assert rc == 0
     again = json.loads((tmp_path / "again" / "predict.json").read_text())
     assert again["kind"] == "export" and again["theta"] == result["theta"]
-    for key in ("accuracy", "cost_pct", "exit_fractions", "macs_per_image"):
+    for key in ("accuracy", "cost_pct", "exit_fractions", "macs_per_image", "accuracy_at_exit"):
         assert again[key] == result[key], key
+    # without --dense: early exit only, no Figure 4
+    assert again["dense_report"] is None and again["dense_mismatches"] is None
+    assert not (tmp_path / "again" / "accuracy_matrix.png").exists()
+    assert "exits %" in (tmp_path / "again" / "summary.txt").read_text()
 
 
 @pytest.mark.parametrize("args, message", [

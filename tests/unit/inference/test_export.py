@@ -13,7 +13,7 @@ import pytest
 import torch
 from cascade_fixtures import load_split, spread_cascade
 
-from cascade_dist.inference.calibration import CALIBRATION_FILE, Calibration, calibrate, collect_outputs
+from cascade_dist.inference.calibration import CALIBRATION_FILE, Calibration, calibrate, collect_exit_table
 from cascade_dist.inference.export import MANIFEST, ExportedCascade, check_pickle_free, export_cascade
 from cascade_dist.inference.predictor import CascadePrediction, CascadePredictor
 
@@ -22,8 +22,8 @@ from cascade_dist.inference.predictor import CascadePrediction, CascadePredictor
 def exported(small_fashion_mnist_shards, tmp_path_factory):
     images, targets = load_split(small_fashion_mnist_shards, "test", 256)
     cascade = spread_cascade(images)
-    outputs, _ = collect_outputs(cascade, [(images[:128], targets[:128])])
-    cal = calibrate(outputs, targets[:128], cascade.macs, budget=100.0, per_stage=True, split="val")
+    table = collect_exit_table(cascade, [(images[:128], targets[:128])])
+    cal = calibrate(table, cascade.macs, budget=100.0, per_stage=True, split="val")
     out = export_cascade(cascade, tmp_path_factory.mktemp("export") / "cascade", calibration=cal)
     return cascade, images, cal, out
 

@@ -7,9 +7,11 @@ import math
 import pytest
 import torch
 
+from cascade_dist.method.exit_table import table_rows
 from cascade_dist.method.flops import CascadeMACs
 from cascade_dist.method.models import CascadeOutput
-from cascade_dist.sweep.protocol import Curve, Scored, accuracy, confidence_scored, curve, mean_std, point
+from cascade_dist.sweep.baselines import classifier_only
+from cascade_dist.sweep.protocol import Curve, Scored, curve, mean_std, point
 
 MACS = CascadeMACs(classifier=(10, 100), policy=(1, 0))
 
@@ -28,16 +30,23 @@ def two_stage(n=400, seed=0):
     return CascadeOutput(log_probs, zeros, zeros), y, easy
 
 
+def confidence_scored(out, y, macs, kind):
+    table = table_rows(out.log_probs, out.stop_probs, out.stop_log_odds, y, scores=("policy", "max_softmax", "entropy"))
+    return Scored(table, kind, classifier_only(macs))
+
+
 def test_max_softmax_threshold_as_scores_costs_classifiers_only_and_stops_the_confident():
     out, y, easy = two_stage()
     scored = confidence_scored(out, y, MACS, "max_softmax")
-    assert scored.macs.policy == (0, 0) and not scored.ensemble
-    d = scored.outputs.stop_log_odds
+    assert scored.macs.policy == (0, 0)
+    d = scored.table.scores["max_softmax"]
     assert torch.isinf(d[:, -1]).all() and d[easy, 0].mean() > d[~easy, 0].mean() + 3
     # θ between the two groups: the easy half stops at stage 1 (cost 10 %), the rest pays 110 %
     cost, acc, exits = point(scored, [float(d[:, 0].median())], balanced=False)
     assert cost == pytest.approx(60.0, abs=2) and acc > 0.95
-    entropy = confidence_scored(out, y, MACS, "entropy").outputs.stop_log_odds
+    # a threshold cascade answers with the exiting classifier alone, whatever the policies' ensemble
+    assert torch.equal(scored.table.view("max_softmax")[1], scored.table.static_correct)
+    entropy = confidence_scored(out, y, MACS, "entropy").table.scores["entropy"]
     assert torch.corrcoef(torch.stack([entropy[:, 0], d[:, 0]]))[0, 1] > 0.8
 
 
@@ -53,9 +62,11 @@ def test_curve_meets_each_budget_on_held_out_and_reports_test():
 
 def test_balanced_accuracy_weights_classes_equally():
     y = torch.tensor([0] * 9 + [1])
-    pred = torch.zeros(10, dtype=torch.long)
-    assert accuracy(pred, y, False, 2) == pytest.approx(0.9)
-    assert accuracy(pred, y, True, 2) == pytest.approx(0.5)
+    log_probs = torch.log_softmax(torch.tensor([[[2.0, 0.0]]]).expand(10, 1, 2), -1)  # always says class 0
+    table = table_rows(log_probs, torch.ones(10, 1), torch.full((10, 1), math.inf), y)
+    right = table.static_correct[:, 0]
+    assert table.accuracy(right, False) == pytest.approx(0.9)
+    assert table.accuracy(right, True) == pytest.approx(0.5)
 
 
 def test_mean_std_over_seeds_and_never():

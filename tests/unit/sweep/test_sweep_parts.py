@@ -3,10 +3,15 @@ constructed softmaxes, and bad command lines (refused before any work)."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
+import torch
 
-from cascade_dist.sweep.baselines import StageOutputs, threshold_operating_points, tune_thresholds
+from cascade_dist.method.exit_table import table_rows
+from cascade_dist.method.flops import CascadeMACs
+from cascade_dist.sweep.baselines import threshold_point, tune_thresholds
 from cascade_dist.sweep.driver import main
 from cascade_dist.sweep.pareto import Point, best_under_budget, cost_to_match, pareto_front
 from cascade_dist.sweep.trials import Trial, TrialSpec, budget_choice, next_alpha
@@ -64,43 +69,52 @@ def test_budget_mode_on_trials_and_alpha_proposals():
 
 # ---- threshold cascade on constructed softmaxes ------------------------------------------------------
 
-def _outputs(conf1, correct1, correct2):
-    """Two stages; stage 1's max prob is `conf1`, correctness given per stage."""
+MACS = CascadeMACs(classifier=(20, 100), policy=(3, 0))  # a threshold cascade pays 20 % or 120 %, no policy
+
+
+def _table(conf1, correct1, correct2):
+    """Two stages; stage 1's max prob is `conf1`, correctness given per stage (as an exit table)."""
     n, c = len(conf1), 4
-    probs = np.full((n, 2, c), 0.0)
-    labels = np.zeros(n, dtype=int)
+    probs = np.full((n, 2, c), 1e-9)
     for i, (p, k1, k2) in enumerate(zip(conf1, correct1, correct2)):
         top1 = 0 if k1 else 1
         probs[i, 0, top1] = p
         probs[i, 0, [j for j in range(c) if j != top1]] = (1 - p) / (c - 1)
         probs[i, 1, 0 if k2 else 2] = 1.0
-    return StageOutputs(probs, labels)
+    log_probs = torch.tensor(probs, dtype=torch.float64).log().float()
+    zeros = torch.zeros(n, 2)
+    return table_rows(log_probs, zeros, zeros, torch.zeros(n, dtype=torch.long), scores=("max_softmax",))
 
 
-def test_threshold_operating_points_exits_at_first_confident_stage():
-    out = _outputs([0.9, 0.6, 0.4, 0.95], [True, False, True, True], [True, True, False, True])
-    acc, cost = threshold_operating_points(out.max_prob, out.correct, np.array([20.0, 120.0]), np.array([0.0, 0.5, 0.92, 1.1]))
+def logit(p: float) -> float:
+    return -math.inf if p <= 0 else math.inf if p >= 1 else math.log(p / (1 - p))
+
+
+def test_threshold_point_exits_at_first_confident_stage():
+    table = _table([0.9, 0.6, 0.4, 0.95], [True, False, True, True], [True, True, False, True])
+    points = [threshold_point(table, MACS, [logit(t)]) for t in (0.0, 0.5, 0.92, 1.1)]
     # θ=0: all exit at stage 1 (3/4 right, cost 20); θ=0.5: 3 exit (0.9 ✓, 0.6 ✗, 0.95 ✓), 0.4 goes on (✗)
-    assert acc.tolist() == pytest.approx([0.75, 0.5, 0.75, 0.75])
-    assert cost.tolist() == pytest.approx([20, 45, 95, 120])
+    assert [a for a, _ in points] == pytest.approx([0.75, 0.5, 0.75, 0.75])
+    assert [c for _, c in points] == pytest.approx([20, 45, 95, 120])  # the policies' MACs are not counted
 
 
-def test_tune_thresholds_picks_best_held_out_accuracy_within_each_budget():
-    held = _outputs([0.9, 0.6, 0.4, 0.95], [True, False, True, True], [True, True, True, True])
-    test = _outputs([0.99, 0.7, 0.3, 0.2], [True, False, False, True], [True, True, True, False])
-    rows = tune_thresholds(held, test, [20.0, 120.0], budgets=[10, 20, 50, 100, 120])
+def test_tune_thresholds_calibrates_each_budget_on_held_out():
+    held = _table([0.9, 0.6, 0.4, 0.95], [True, False, True, True], [True, True, True, True])
+    test = _table([0.99, 0.7, 0.3, 0.2], [True, False, False, True], [True, True, True, False])
+    rows = tune_thresholds(held, test, MACS, budgets=[10, 20, 50, 100, 120])
     by_budget = {r["budget_pct"]: r for r in rows}
     assert 10 not in by_budget  # below the first stage's cost: unreachable
-    assert by_budget[20]["threshold"] == 0.0 and by_budget[20]["val_cost_pct"] == 20
+    assert by_budget[20]["val_cost_pct"] == 20 and by_budget[20]["val_accuracy"] == pytest.approx(0.75)
     for r in rows:
         assert r["val_cost_pct"] <= r["budget_pct"] + 1e-9
-    # at 100 %, θ in (0.6, 0.9] sends only the 0.6 and 0.4 images on: held-out 1.0 accuracy at 70 %
-    # (θ=0: 0.75 at 20 %; all to stage 2: 1.0 at 120 %, over budget)
-    assert by_budget[100]["val_accuracy"] == pytest.approx(1.0) and by_budget[100]["val_cost_pct"] == pytest.approx(70)
-    # its test numbers are measured at that θ on the test outputs
-    theta = by_budget[100]["threshold"]
-    acc, cost = threshold_operating_points(test.max_prob, test.correct, np.array([20.0, 120.0]), np.array([theta]))
-    assert by_budget[100]["accuracy"] == pytest.approx(acc[0]) and by_budget[100]["cost_pct"] == pytest.approx(cost[0])
+    # at 50 % the largest θ within it sends one image on (the 0.4 one, right at both stages): 45 %, 0.75
+    assert by_budget[50]["val_cost_pct"] == pytest.approx(45) and by_budget[50]["val_accuracy"] == pytest.approx(0.75)
+    # at 100 %, θ in (0.9, 0.95] sends all but the 0.95 image on: 95 %, all right; all to stage 2 (120 %) is over it
+    assert by_budget[100]["val_cost_pct"] == pytest.approx(95) and by_budget[100]["val_accuracy"] == pytest.approx(1.0)
+    assert 0.9 < by_budget[100]["threshold"] < 0.95
+    # its test numbers are measured at that θ on the test table: 0.99 stops (✓), 0.7 / 0.3 / 0.2 go on (✓ ✓ ✗)
+    acc, cost = threshold_point(test, MACS, [by_budget[100]["theta"]])
+    assert (by_budget[100]["accuracy"], by_budget[100]["cost_pct"]) == (acc, cost) == (pytest.approx(0.75), pytest.approx(95))
 
 
 # ---- bad input -----------------------------------------------------------------------------------------
