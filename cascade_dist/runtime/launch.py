@@ -14,6 +14,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 from ..data.redact import redact_tree
 from .config import DEFAULT_CONFIG, Config, ConfigError, load_config, save_config, shipped_configs, to_container
@@ -26,6 +27,8 @@ class TrainResult:
     checkpoint_path: str | None
     metrics: dict | None
     run_dir: Path
+    trained: bool = True
+    """False when the run was already trained to its end and was only read back (no worker started)."""
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -37,8 +40,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def run(cfg: Config) -> TrainResult:
-    """Train `cfg` on Ray; returns the final evaluation report and checkpoint."""
+def run(cfg: Config, callbacks: Sequence = ()) -> TrainResult:
+    """Train `cfg` on Ray; returns the final evaluation report and checkpoint. `callbacks`: Ray Train
+    callbacks (`ray.train.UserCallback`) for the run, e.g. the Tune sweep's per-epoch reports."""
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -56,22 +60,25 @@ def run(cfg: Config) -> TrainResult:
         return done
     save_config(cfg, run_dir / "config.yaml")
     init_ray(cfg)
-    resources = {"CPU": cfg.run.cpus_per_worker}
-    if cfg.run.use_gpu:
-        resources["GPU"] = 1
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=to_container(cfg),
-        scaling_config=ScalingConfig(num_workers=cfg.run.num_workers, use_gpu=cfg.run.use_gpu, resources_per_worker=resources),
+        scaling_config=ScalingConfig(num_workers=cfg.run.num_workers, use_gpu=cfg.run.use_gpu, resources_per_worker=worker_resources(cfg)),
         torch_config=TorchConfig(backend="nccl" if cfg.run.use_gpu else "gloo"),
         run_config=RunConfig(
             name=cfg.run.name,
             storage_path=cfg.run.storage_path,
             failure_config=FailureConfig(max_failures=cfg.run.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.run.checkpoints_to_keep),
+            callbacks=list(callbacks),
         ),
     )
     return train_result(trainer.fit(), run_dir)
+
+
+def worker_resources(cfg: Config) -> dict[str, float]:
+    """What one Train worker holds: `run.cpus_per_worker` CPUs, and one GPU with `run.use_gpu`."""
+    return {"CPU": cfg.run.cpus_per_worker, **({"GPU": 1} if cfg.run.use_gpu else {})}
 
 
 def finished(cfg: Config, run_dir: Path) -> TrainResult | None:
@@ -92,10 +99,10 @@ def finished(cfg: Config, run_dir: Path) -> TrainResult | None:
         return None
     if (result.metrics or {}).get("epoch") != cfg.optim.epochs - 1:
         return None
-    return train_result(result, run_dir)
+    return train_result(result, run_dir, trained=False)
 
 
-def train_result(result, run_dir: Path) -> TrainResult:
+def train_result(result, run_dir: Path, trained: bool = True) -> TrainResult:
     """The final report (report.json of the last checkpoint), checkpoint and metrics of a Ray result."""
     report = None
     if result.checkpoint is not None:
@@ -103,7 +110,8 @@ def train_result(result, run_dir: Path) -> TrainResult:
             report_file = Path(ckpt) / "report.json"
             if report_file.is_file():
                 report = EvalReport(**json.loads(report_file.read_text()))
-    return TrainResult(report, result.checkpoint.path if result.checkpoint else None, result.metrics, run_dir)
+    return TrainResult(report, result.checkpoint.path if result.checkpoint else None, result.metrics, run_dir,
+                       trained)
 
 
 LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"

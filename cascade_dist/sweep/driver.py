@@ -5,8 +5,10 @@
    max-softmax threshold cascade tuned on the held-out split.
 3. A grid of Tune trials. Each trial function launches a `TorchTrainer` through
    `runtime.launch.run` (Ray Train V2: no `Tuner(trainer)`), starting its joint phase from the
-   warm-up checkpoint (`run.warm_start`). Trials take no CPU themselves (their Train workers do),
-   and `max_concurrent_trials` keeps them within the cluster's CPUs.
+   warm-up checkpoint (`run.warm_start`). Every joint epoch reaches Tune, so `--scheduler asha`
+   (`sweep.scheduling`) can stop trials early; FIFO (every trial to its end) is the default. Trials
+   hold nothing themselves (their Train workers do); as many run at once as the cluster's CPUs,
+   and GPUs with `run.use_gpu`, hold.
 4. MLflow: one parent run, one child run per trial (written by the trial's rank-0 worker with
    `tracking.parent_run_id`), and on the parent the Pareto front, tables and plot
    (`sweep.report.write_report`).
@@ -33,6 +35,7 @@ import numpy as np
 from ..data.redact import redact, redact_tree
 from ..runtime import launch
 from ..runtime.config import DEFAULT_CONFIG, Config, ConfigError, load_config, shipped_configs, to_container
+from .scheduling import SCHEDULERS, SchedulerOptions, concurrent_trials, fit_problem, reference_front
 from .trials import VARIANTS, SweepContext, Trial, TrialSpec, budget_choice, next_alpha, run_trials, trial_config
 
 PAPER_ALPHAS = [float(f"{a:.3g}") for a in np.logspace(-4, -2, 5)]
@@ -49,7 +52,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS,
                    help="ours: joint training; ours_s: policies on the frozen warm-up classifiers")
     p.add_argument("--max-concurrent", type=int, default=None,
-                   help="trials at once (default: cluster CPUs // (run.num_workers × run.cpus_per_worker))")
+                   help="trials at once (default: as many as fit: cluster CPUs // (run.num_workers × "
+                        "run.cpus_per_worker), and with run.use_gpu at most cluster GPUs // run.num_workers)")
+    p.add_argument("--scheduler", default="fifo", metavar="|".join(SCHEDULERS),
+                   help="fifo: every grid trial runs all its joint epochs (default); asha: Ray Tune's ASHA stops "
+                        "trials whose accuracy gain over the warm-up baselines at their own cost lags")
+    p.add_argument("--grace-period", type=int, default=None,
+                   help="asha: joint epochs before a trial may be stopped (default 1; < optim.joint_epochs)")
+    p.add_argument("--reduction-factor", type=float, default=None,
+                   help="asha: at each rung, trials below the top 1/F stop (default 2)")
     p.add_argument("--no-shared-warmup", action="store_true", help="every trial runs its own warm-up")
     p.add_argument("--budget", type=float, default=None, help="cost budget in %% of the largest classifier's MACs")
     p.add_argument("--budget-refine", type=int, default=0, help="extra trials bisecting log α toward --budget")
@@ -81,6 +92,7 @@ def check_args(args: argparse.Namespace) -> list[str]:
         out.append("--budget-refine: needs --budget and a count >= 0")
     if args.budget is not None and "ours" not in args.variants:
         out.append("--budget: picks among 'ours' trials; add ours to --variants")
+    out += scheduler_options(args).problems()
     if not args.name or "/" in args.name:
         out.append(f"--name: a non-empty name without '/', got {args.name!r}")
     return out
@@ -99,8 +111,9 @@ def main(argv=None) -> int:
     if cfg is not None:
         from .baselines import held_out_problem
 
-        if (problem := held_out_problem(cfg, args.held_out_split)) is not None:
-            problems.append(problem)
+        for problem in (held_out_problem(cfg, args.held_out_split), warm_start_problem(cfg, args)):
+            problems += [problem] if problem is not None else []
+        problems += scheduler_options(args).problems(cfg.optim.joint_epochs)
         for lr in args.policy_lrs or []:
             for a in args.alphas:
                 try:
@@ -112,6 +125,10 @@ def main(argv=None) -> int:
             print(f"{PROG}: error: {problem}", file=sys.stderr)
         return 2
     return sweep(cfg, args, command=redact(shlex.join(["python", "tuning/sweep_alpha.py", *argv])))
+
+
+def scheduler_options(args: argparse.Namespace) -> SchedulerOptions:
+    return SchedulerOptions(args.scheduler, args.grace_period, args.reduction_factor)
 
 
 @dataclass
@@ -140,8 +157,8 @@ class Sweep:
     def log_metric(self, key: str, value: float) -> None:
         self.client.log_metric(self.parent_run_id, key, float(value))
 
-    def run(self, specs: list[TrialSpec], ctx: SweepContext, round_: int) -> list[Trial]:
-        trials, errors = run_trials(specs, self.base, ctx, self.max_concurrent, round_)
+    def run(self, specs: list[TrialSpec], ctx: SweepContext, round_: int, scheduler=None) -> list[Trial]:
+        trials, errors = run_trials(specs, self.base, ctx, self.max_concurrent, round_, scheduler)
         self.trials += trials
         self.errors += errors
         return trials
@@ -168,8 +185,10 @@ def sweep(cfg: Config, args: argparse.Namespace, command: str) -> int:
         from .baselines import run_baselines
 
         baselines = run_baselines(cfg, warm.checkpoint_path, held_out_split=args.held_out_split)
-        ctx = SweepContext(args.name, s.parent_run_id, None if args.no_shared_warmup else str(warm.checkpoint_path))
-        s.run([TrialSpec(v, a, lr) for v in args.variants for a in args.alphas for lr in s.policy_lrs], ctx, 0)
+        ctx = SweepContext(args.name, s.parent_run_id, None if args.no_shared_warmup else str(warm.checkpoint_path),
+                           tuple(reference_front(baselines)))
+        grid = [TrialSpec(v, a, lr) for v in args.variants for a in args.alphas for lr in s.policy_lrs]
+        s.run(grid, ctx, 0, scheduler_options(args).build(cfg.optim.joint_epochs))  # budget mode's trials: FIFO
         budget = budget_mode(s, ctx) if args.budget is not None else None
         return finish(s, warmup, baselines, budget)
     finally:
@@ -185,13 +204,11 @@ def open_sweep(cfg: Config, args: argparse.Namespace, command: str) -> Sweep | N
 
     from ..runtime.tracking import ensure_experiment, flatten, tracking_uri
 
-    per_trial = cfg.run.num_workers * cfg.run.cpus_per_worker
-    cluster_cpus = int(ray.cluster_resources().get("CPU", 0))
-    if per_trial > cluster_cpus:
-        print(f"{PROG}: error: a trial needs run.num_workers × run.cpus_per_worker = {per_trial} CPUs; "
-              f"the cluster has {cluster_cpus}", file=sys.stderr)
+    cluster = ray.cluster_resources()
+    if (problem := fit_problem(cluster, cfg)) is not None:
+        print(f"{PROG}: error: {problem}", file=sys.stderr)
         return None
-    max_concurrent = args.max_concurrent or max(1, cluster_cpus // per_trial)
+    max_concurrent = args.max_concurrent or concurrent_trials(cluster, cfg)
     ensure_experiment(cfg)  # the experiment exists before the trials' workers log into it
     client = MlflowClient(tracking_uri(cfg))
     exp = client.get_experiment_by_name(cfg.tracking.experiment)
@@ -200,16 +217,50 @@ def open_sweep(cfg: Config, args: argparse.Namespace, command: str) -> Sweep | N
               args.policy_lrs or [cfg.optim.policy_lr])
     params = {"sweep.alphas": args.alphas, "sweep.policy_lrs": s.policy_lrs, "sweep.variants": args.variants,
               "sweep.shared_warmup": not args.no_shared_warmup, "sweep.max_concurrent": max_concurrent,
-              "sweep.budget": args.budget, "sweep.command": command[:5000]}
+              "sweep.budget": args.budget, "sweep.scheduler": scheduler_options(args).describe(),
+              "sweep.command": command[:5000]}
     for k, v in {**params, **flatten(redact_tree(to_container(cfg)))}.items():
         s.log_param(k, v)
     return s
 
 
+def warm_start_problem(cfg: Config, args: argparse.Namespace) -> str | None:
+    """`run.warm_start` given to a sweep is its shared warm-up: a warm-up-only run of this cascade
+    and warm-up length (a trial would otherwise start its joint phase at the wrong epoch)."""
+    from omegaconf import OmegaConf
+
+    if cfg.run.warm_start is None:
+        return None
+    if args.no_shared_warmup:
+        return "run.warm_start: is the sweep's shared warm-up; drop it or --no-shared-warmup"
+    path = Path(cfg.run.warm_start)
+    run_config = next((c for c in (path / "config.yaml", path.parent / "config.yaml") if c.is_file()), None)
+    if run_config is None:
+        return f"run.warm_start: no config.yaml in or beside {path} (the warm-up run's config)"
+    warm = OmegaConf.to_container(OmegaConf.load(run_config))
+    expected = {"optim.joint_epochs": 0, "optim.warmup_epochs": cfg.optim.warmup_epochs,
+                "model.classifiers": list(cfg.model.classifiers)}
+    for key, value in expected.items():
+        section, name = key.split(".")
+        if warm.get(section, {}).get(name) != value:
+            return (f"run.warm_start: {run_config} has {key}={warm.get(section, {}).get(name)}, "
+                    f"the sweep needs {value} (a warm-up-only run of this cascade)")
+    return None
+
+
 def shared_warmup(s: Sweep):
-    """The cross-entropy warm-up, once for every trial (tracked on the parent run, not as a child)."""
+    """The cross-entropy warm-up, once for every trial (tracked on the parent run, not as a child);
+    `run.warm_start`: an earlier sweep's (or run's) warm-up checkpoint, reused without training."""
 
     from ..runtime.control import warmup_config
+
+    if s.cfg.run.warm_start is not None:
+        ckpt = Path(s.cfg.run.warm_start).resolve()
+        print(f"{PROG}: warm-up reused from run.warm_start: {ckpt}", flush=True)
+        n = len(s.args.variants) * len(s.args.alphas) * len(s.policy_lrs)
+        return launch.TrainResult(None, str(ckpt), None, ckpt.parent, trained=False), {
+            "seconds": 0.0, "epochs": s.cfg.optim.warmup_epochs, "trials": n, "shared": True, "reused": True,
+            "checkpoint": str(ckpt), "saved_s": 0.0}
 
     wcfg = warmup_config(s.cfg, name=f"{s.args.name}-warmup")
     t0 = time.perf_counter()
@@ -267,12 +318,14 @@ def finish(s: Sweep, warmup: dict, baselines: dict, budget: dict | None) -> int:
         [s.experiment_id], f"tags.mlflow.parentRunId = '{s.parent_run_id}'", max_results=1000)}
     for t in s.trials:
         t.mlflow_run_id = children.get(t.run_name)
+        if t.stopped_early and t.mlflow_run_id:
+            close_stopped_run(s.client, t, cfg.optim.warmup_epochs)
     wall = time.perf_counter() - s.start
     summary = {
         "command": s.command, "wall_clock_s": wall, "device": _device(), "classifiers": cfg.model.classifiers,
         "config": s.base, "alphas": args.alphas, "policy_lrs": s.policy_lrs, "variants": args.variants,
         "warmup": warmup, **baselines, "trials": s.trials, "budget": budget, "errors": s.errors,
-        "mlflow_parent_run_id": s.parent_run_id, "notes": _notes(cfg, args, s.errors),
+        "mlflow_parent_run_id": s.parent_run_id, "notes": _notes(cfg, args, s.errors, s.trials),
     }
     paths = write_report(out, summary)
     s.client.log_artifacts(s.parent_run_id, str(out))
@@ -289,6 +342,17 @@ def finish(s: Sweep, warmup: dict, baselines: dict, budget: dict | None) -> int:
     return 1 if s.errors or not s.trials else 0
 
 
+def close_stopped_run(client, trial: Trial, warmup_epochs: int) -> None:
+    """The MLflow run of a trial the scheduler stopped: its last epoch's accuracy and cost (its worker
+    may have been stopped before logging them), a tag saying when it stopped, status KILLED."""
+    step = warmup_epochs + trial.joint_epochs - 1
+    for key, value in (("accuracy", trial.accuracy), ("cost_pct", trial.cost_pct)):
+        if step not in {m.step for m in client.get_metric_history(trial.mlflow_run_id, key)}:
+            client.log_metric(trial.mlflow_run_id, key, value, step=step)
+    client.set_tag(trial.mlflow_run_id, "cascade_dist.stopped_early", f"after joint epoch {trial.joint_epochs}")
+    client.set_terminated(trial.mlflow_run_id, "KILLED")
+
+
 def _device() -> str:
     import torch
 
@@ -296,14 +360,17 @@ def _device() -> str:
     return f"{os.cpu_count()} CPU cores, {gpu}"
 
 
-def _notes(cfg: Config, args, errors) -> list[str]:
+def _notes(cfg: Config, args, errors, trials) -> list[str]:
     notes = [
         "Static points: each classifier of the cascade after the cross-entropy warm-up (each on its own loss, "
         "i.e. trained alone). Threshold cascade: exit at the first classifier whose max softmax ≥ θ (one θ for "
         "all stages), θ chosen per budget on the held-out split, measured on the test split. Ours / Ours (S): "
         f"each trial's cascade at τ = {cfg.eval.tau} (policy decides), {'starting from the shared warm-up' if not args.no_shared_warmup else 'with its own warm-up'}.",
     ]
-    if not args.no_shared_warmup:
+    if cfg.run.warm_start is not None:
+        notes.append(f"The shared warm-up was reused from run.warm_start ({cfg.run.warm_start}): the trials continue "
+                     "its weights with their own LR schedules.")
+    elif not args.no_shared_warmup:
         notes.append("The shared warm-up is a run with optim.joint_epochs=0 that keeps the classifier LR's cosine "
                      "over warm-up + joint epochs (optim.schedule_epochs), so each trial continues exactly where a "
                      "single run would be. Time saved ≈ (trials − 1) × warm-up epochs × one warm-up epoch's training time (start-up, "
@@ -312,6 +379,11 @@ def _notes(cfg: Config, args, errors) -> list[str]:
                  f"({cfg.optim.warmup_epochs} epochs); Ours continues training them for {cfg.optim.joint_epochs} more "
                  "joint epoch(s), so part of its gain over them can be the extra training. Ours (S) keeps the warm-up "
                  "classifiers frozen: it is the like-for-like comparison with the threshold cascade.")
+    if args.scheduler != "fifo":
+        stopped = [t.run_name for t in trials if t.stopped_early]
+        notes.append(f"Scheduler: {scheduler_options(args).describe()} (grid only; budget mode's trials run to "
+                     f"their end). Score = accuracy − the accuracy of the warm-up baselines' Pareto front at the trial's "
+                     f"cost (test split). Stopped early, each shown at its last epoch: {', '.join(stopped) or 'none'}.")
     if errors:
         notes.append("Failed trials: " + "; ".join(errors))
     return notes

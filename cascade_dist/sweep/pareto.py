@@ -63,3 +63,16 @@ def match_summary(name: str, points: Sequence[Point], static_best: Point) -> dic
         "best_accuracy": top.accuracy if top else None,
         "cost_pct_at_best": top.cost_pct if top else None,
     }
+
+
+def accuracy_at_cost(front: Sequence[Point], cost_pct: float) -> float:
+    """The accuracy a Pareto front (by increasing cost) reaches at `cost_pct`: linear between its
+    points, its first point's accuracy below it, its best beyond it."""
+    if not front:
+        raise ValueError("accuracy_at_cost: empty front")
+    if cost_pct <= front[0].cost_pct:
+        return front[0].accuracy
+    for lo, hi in zip(front, front[1:]):
+        if cost_pct <= hi.cost_pct:
+            return lo.accuracy + (hi.accuracy - lo.accuracy) * (cost_pct - lo.cost_pct) / (hi.cost_pct - lo.cost_pct)
+    return front[-1].accuracy

@@ -64,7 +64,7 @@ def write_report(out: str | Path, summary: dict[str, Any]) -> dict[str, Path]:
 def _write_csv(path: Path, trials: list[Trial]) -> None:
     k = max((len(t.exit_fractions) for t in trials), default=0)
     cols = ["run_name", "variant", "alpha", "dual_budget", "alpha_end", "policy_lr", "accuracy", "cost_pct", "on_pareto_front",
-            *[f"exit_frac_stage{i}" for i in range(k)], "mlflow_run_id"]
+            *[f"exit_frac_stage{i}" for i in range(k)], "joint_epochs", "stopped_early", "mlflow_run_id"]
     with path.open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(cols)
@@ -72,7 +72,7 @@ def _write_csv(path: Path, trials: list[Trial]) -> None:
             fr = list(t.exit_fractions) + [""] * k
             w.writerow([t.run_name, t.variant, t.alpha, _blank(t.dual_budget), t.alpha if t.alpha_end is None else t.alpha_end,
                         t.policy_lr, f"{t.accuracy:.6f}", f"{t.cost_pct:.4f}", t.on_pareto_front, *fr[:k],
-                        t.mlflow_run_id or ""])
+                        _blank(t.joint_epochs), t.stopped_early, t.mlflow_run_id or ""])
 
 
 def _order(t: Trial):
@@ -91,7 +91,9 @@ def _markdown(summary, trials, static, threshold, matches, static_best) -> str:
         lines[-1] += f" on {summary['device']}"
     lines[-1] += "."
     w = summary.get("warmup")
-    if w:
+    if w and w.get("reused"):
+        lines.append(f"Shared warm-up: reused from {w['checkpoint']} (run.warm_start), not trained by this sweep.")
+    elif w:
         lines.append(f"Shared warm-up: {w['seconds']:.0f} s, run once for {w['trials']} trials "
                      f"(time saved ≈ {w['saved_s']:.0f} s, {w['saved_s'] / 60:.1f} min)." if w.get("shared")
                      else f"Warm-up per trial (shared warm-up off); the baselines' warm-up run took {w['seconds']:.0f} s.")

@@ -2,7 +2,9 @@
 
 Each trial is a full training run (`runtime.launch.run`) on its own `TorchTrainer`, launched from
 a Tune trial function (Ray Train V2: no `Tuner(trainer)`), starting its joint phase from the
-shared warm-up checkpoint (`run.warm_start`).
+shared warm-up checkpoint (`run.warm_start`). Every epoch reaches Tune (`sweep.epoch_reports`), so
+an early-stopping scheduler (`sweep.scheduling`) can stop a trial between epochs; a stopped trial
+is recorded with its last epoch's evaluation and checkpoint.
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -34,16 +35,19 @@ class TrialSpec:
 
 @dataclass(frozen=True)
 class SweepContext:
-    """What every trial of a sweep shares: its name, the MLflow parent run and the warm start."""
+    """What every trial of a sweep shares: its name, the MLflow parent run, the warm start and the
+    operating points its score is measured against (`sweep.scheduling.reference_front`)."""
 
     name: str
     parent_run_id: Optional[str] = None
     warm_start: Optional[str] = None
+    reference: tuple[Point, ...] = ()
 
 
 @dataclass
 class Trial:
-    """A finished trial: its grid point and what its final evaluation gave."""
+    """A finished trial: its grid point and what its last evaluation gave (after `joint_epochs`
+    joint epochs: fewer than planned when a scheduler stopped it early)."""
 
     spec: TrialSpec
     run_name: str
@@ -56,6 +60,8 @@ class Trial:
     checkpoint_path: Optional[str] = None
     mlflow_run_id: Optional[str] = None
     on_pareto_front: bool = False
+    joint_epochs: Optional[int] = None
+    stopped_early: bool = False
 
     @property
     def variant(self) -> str:
@@ -77,12 +83,13 @@ class Trial:
         return Point(self.cost_pct, self.accuracy, self.run_name)
 
     def setting(self) -> str:
-        """α fixed, or dual ascent's start → end toward its budget; and the policy LR."""
+        """α fixed, or dual ascent's start → end toward its budget; the policy LR; an early stop."""
+        stop = f"; stopped early after {self.joint_epochs} joint epoch(s)" if self.stopped_early else ""
         if self.dual_budget is not None:
             end = self.alpha if self.alpha_end is None else self.alpha_end
             return (f"α={self.alpha:g}→{end:.3g} (dual ascent, budget {self.dual_budget:g} %), "
-                    f"policy LR={self.policy_lr:g}")
-        return f"α={self.alpha:g}, policy LR={self.policy_lr:g}"
+                    f"policy LR={self.policy_lr:g}{stop}")
+        return f"α={self.alpha:g}, policy LR={self.policy_lr:g}{stop}"
 
     def to_dict(self) -> dict[str, Any]:
         """Flat record for report.json and trials.csv."""
@@ -111,25 +118,25 @@ def trial_config(base: dict, spec: TrialSpec, ctx: SweepContext) -> Config:
 
 
 def _trial(spec: TrialSpec, base: dict, ctx: SweepContext) -> None:
-    """One Tune trial: a full training run on its own TorchTrainer."""
+    """One Tune trial: a full training run on its own TorchTrainer, every epoch reported to Tune."""
     from ray import tune
 
     from ..runtime import launch
+    from .epoch_reports import EpochReports
 
     cfg = trial_config(base, spec, ctx)
-    start = time.perf_counter()
-    result = launch.run(cfg)
+    reports = EpochReports(cfg.run.name, cfg.optim.warmup_epochs, spec.alpha, ctx.reference)
+    result = launch.run(cfg, callbacks=[reports])
     if result.report is None:
         raise RuntimeError(f"trial {cfg.run.name} produced no evaluation report")
-    tune.report({"accuracy": result.report.accuracy, "cost_pct": result.report.cost_pct,
-                 "run_name": cfg.run.name, "checkpoint_path": str(result.checkpoint_path),
-                 "trial_seconds": time.perf_counter() - start,
-                 "alpha_end": (result.metrics or {}).get("train_alpha_end", cfg.objective.alpha)})
+    if not result.trained:  # trained by an earlier sweep of this name and read back: its last epoch, once
+        tune.report(reports.tune_metrics(result.metrics, str(result.checkpoint_path)))
 
 
 def run_trials(specs: Sequence[TrialSpec], base: dict, ctx: SweepContext, max_concurrent: int,
-               round_: int) -> tuple[list[Trial], list[str]]:
-    """Run the grid points as one Tune grid; returns the finished trials and one error line per failure."""
+               round_: int, scheduler=None) -> tuple[list[Trial], list[str]]:
+    """Run the grid points as one Tune grid (under `scheduler`, a Tune scheduler, or FIFO); returns
+    the trials, those stopped early with their last epoch, and one error line per failure."""
     from ray import tune
 
     specs = list(specs)
@@ -141,20 +148,22 @@ def run_trials(specs: Sequence[TrialSpec], base: dict, ctx: SweepContext, max_co
         # the trial function only drives its TorchTrainer: no CPU of its own (Tune refuses an empty request)
         tune.with_resources(trainable, {"CPU": 0, "memory": 1}),
         param_space={"point": tune.grid_search(list(range(len(specs))))},
-        tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent, reuse_actors=False),
+        tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent, reuse_actors=False, scheduler=scheduler),
         run_config=tune.RunConfig(name=f"{ctx.name}-tune-{round_}", storage_path=str(Path(base["run"]["storage_path"]) / "tune"),
                                   verbose=0),
     )
+    planned = base["optim"]["joint_epochs"]
     trials, errors = [], []
     for res in tuner.fit():
-        spec = specs[res.config["point"]]
-        if res.error or not res.metrics or "accuracy" not in res.metrics:
-            errors.append(f"{run_name(ctx.name, spec)}: {res.error}")
+        spec, m = specs[res.config["point"]], res.metrics or {}
+        if res.error or "accuracy" not in m or not m.get("checkpoint_path"):
+            errors.append(f"{run_name(ctx.name, spec)}: {res.error or 'no epoch reported'}")
             continue
-        report = json.loads((Path(res.metrics["checkpoint_path"]) / "report.json").read_text())
-        trials.append(Trial(spec, res.metrics["run_name"], report["accuracy"], report["cost_pct"],
-                            report["exit_fractions"], report["sweep"], res.metrics.get("alpha_end", spec.alpha),
-                            res.metrics.get("trial_seconds"), res.metrics["checkpoint_path"]))
+        report = json.loads((Path(m["checkpoint_path"]) / "report.json").read_text())
+        joint = int(m.get("joint_epoch", planned))
+        trials.append(Trial(spec, m["run_name"], report["accuracy"], report["cost_pct"], report["exit_fractions"],
+                            report["sweep"], m.get("alpha_end", spec.alpha), m.get("trial_seconds"),
+                            m["checkpoint_path"], joint_epochs=joint, stopped_early=joint < planned))
     return trials, errors
 
 

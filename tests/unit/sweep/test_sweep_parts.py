@@ -126,6 +126,12 @@ def test_tune_thresholds_calibrates_each_budget_on_held_out():
     (["--policy-lrs", "0"], "--policy-lrs: every policy LR must be > 0"),
     (["objective.estimator=nope"], "estimator"),
     (["--held-out-split", "val"], "--held-out-split: no split 'val' under"),  # no silent fallback to train
+    (["--scheduler", "foo"], "--scheduler: expected one of fifo, asha, got 'foo'"),
+    (["--scheduler", "asha", "--grace-period", "0"], "--grace-period: joint epochs before ASHA may stop a trial"),
+    (["--scheduler", "asha", "--grace-period", "2"], "--grace-period: ASHA stops trials after a joint epoch before "
+                                                     "their last, so it must be < optim.joint_epochs=1, got 2"),
+    (["--reduction-factor", "3"], "--reduction-factor: only with --scheduler asha"),
+    (["run.warm_start=/nonexistent/ckpt"], "run.warm_start: no DeepSpeed checkpoint"),
 ])
 def test_bad_input_is_a_clear_error_before_any_work(argv, message, small_fashion_mnist_shards, tmp_path, capsys):
     rc = main(["--config", "demo", "--held-out-split", "train", *argv, f"data.shards={small_fashion_mnist_shards}",
@@ -134,3 +140,16 @@ def test_bad_input_is_a_clear_error_before_any_work(argv, message, small_fashion
     assert rc == 2
     assert len(err) == 1 and message in err[0], err
     assert list(tmp_path.iterdir()) == []  # no run, no MLflow store: nothing started
+
+
+def test_a_warm_start_that_is_not_this_sweeps_warm_up_is_refused(small_fashion_mnist_shards, tmp_path, capsys):
+    ckpt = tmp_path / "ckpt"
+    (ckpt / "checkpoint").mkdir(parents=True)
+    (ckpt / "config.yaml").write_text("optim: {joint_epochs: 2, warmup_epochs: 1}\nmodel: {classifiers: [a, b]}\n")
+    storage = tmp_path / "runs"
+    rc = main(["--config", "demo", "--held-out-split", "train", f"data.shards={small_fashion_mnist_shards}",
+               f"run.storage_path={storage}", f"run.warm_start={ckpt}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1, err
+    assert f"run.warm_start: {ckpt / 'config.yaml'} has optim.joint_epochs=2, the sweep needs 0" in err[0]
+    assert not storage.exists()
