@@ -98,7 +98,7 @@ def collect_exit_table(model: StageRunner, loader: Iterable, topk: int = 1, ense
     every image) on `device`."""
     builder = ExitTableBuilder(topk, ensemble, scores)
     run_over(model, loader, builder, device=device)
-    if not builder.parts:
+    if builder.n == 0:
         raise ValueError("the calibration split gave no images")
     return builder.table()
 

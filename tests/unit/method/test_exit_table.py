@@ -120,3 +120,39 @@ def test_evaluator_counts_top_k_everywhere():
     again.update_table(table_rows(out.log_probs, out.stop_probs, out.stop_log_odds, y, 5))
     other = again.compute()
     assert (other.accuracy, other.accuracy_matrix, other.sweep) == (rep.accuracy, rep.accuracy_matrix, rep.sweep)
+
+
+PEAK_SCRIPT = """
+import resource, sys, torch
+from cascade_dist.method.exit_table import ExitTableBuilder
+from cascade_dist.method.models import CascadeOutput
+n_batches, batch, k, c = int(sys.argv[1]), 500, 3, 1000
+g = torch.Generator().manual_seed(0)
+builder = ExitTableBuilder(topk=5, scores=("policy", "max_softmax", "entropy"))
+start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+for _ in range(n_batches):  # a synthetic-size loader: ImageNet-like C, many batches
+    log_probs = torch.log_softmax(torch.randn(batch, k, c, generator=g), -1)
+    d = torch.randn(batch, k, generator=g)
+    log_stop, log_continue = torch.nn.functional.logsigmoid(d), torch.nn.functional.logsigmoid(-d)
+    builder(CascadeOutput(log_probs, log_stop, log_continue), torch.randint(0, c, (batch,), generator=g))
+table = builder.table()
+print(table.n, table.nbytes, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - start)
+"""
+
+
+def test_peak_memory_does_not_grow_with_the_outputs_of_many_batches():
+    """Peak RSS over 10 and over 100 batches of (500, 3, 1000) outputs: what grows is the table
+    (N·K numbers, 1.3 MB at 50,000 images), not the 600 MB of outputs the old N×K×C collection held."""
+    import subprocess
+    import sys
+
+    def run(n_batches):
+        out = subprocess.run([sys.executable, "-c", PEAK_SCRIPT, str(n_batches)], capture_output=True, text=True,
+                             check=True, timeout=300)
+        n, nbytes, grown_kb = map(int, out.stdout.split())
+        return n, nbytes, grown_kb * 1024
+
+    (n1, bytes1, peak1), (n2, bytes2, peak2) = run(10), run(100)
+    assert (n1, n2) == (5_000, 50_000) and bytes2 == 10 * bytes1
+    outputs_bytes = (n2 - n1) * 3 * 1000 * 4
+    assert peak2 - peak1 < outputs_bytes / 10, (peak1, peak2)  # 45 MB allowed for 540 MB more outputs
