@@ -13,6 +13,7 @@ from ..data import make_loader
 from ..inference.calibration import collect_exit_table
 from ..inference.weights import load_cascade
 from ..method.exit_table import ExitTable
+from .launch import worker_resources
 
 
 def table_part(checkpoint: str, shards: str, split: str, rank: int, world: int, batch_size: int, backend: str,
@@ -39,6 +40,7 @@ def split_tables(checkpoint, cfg, splits: Sequence[str], scores: Sequence[str] =
               use_gpu=cfg.run.use_gpu, loader_workers=cfg.data.loader_workers)
     if not ray.is_initialized():
         return {s: table_part(str(checkpoint), cfg.data.shards, s, 0, 1, **kw) for s in splits}
-    task = ray.remote(num_cpus=cfg.run.cpus_per_worker, num_gpus=1 if cfg.run.use_gpu else 0)(table_part)
+    held = worker_resources(cfg)  # what a Train worker of the run holds
+    task = ray.remote(num_cpus=held["CPU"], num_gpus=held.get("GPU", 0))(table_part)
     refs = {s: [task.remote(str(checkpoint), cfg.data.shards, s, r, world, **kw) for r in range(world)] for s in splits}
     return {s: ExitTable.cat(ray.get(parts)) for s, parts in refs.items()}
