@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from object_store import *  # noqa: F401,F403  (a real S3-compatible server, moto_server)
 from shard_fixtures import *  # noqa: F401,F403  (session fixtures over real shards)
 
 REPO = Path(__file__).resolve().parents[1]

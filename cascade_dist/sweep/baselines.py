@@ -23,6 +23,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from ..data import storage
 from ..method.evaluate import run_over
 
 log = logging.getLogger(__name__)
@@ -110,7 +111,7 @@ def threshold_cost_pct(macs) -> np.ndarray:
 
 def held_out_problem(cfg, split: str) -> str | None:
     """Why `split` cannot hold out the thresholds' tuning (one line naming the option), or None."""
-    if (Path(cfg.data.shards) / split / "manifest.json").is_file():
+    if storage.is_file(storage.join(cfg.data.shards, split, "manifest.json")):
         return None
     hint = (" (build the shards with --val-split, or pass --held-out-split train to tune on the training "
             "split: an explicit, optimistic choice)") if split == "val" else ""
@@ -130,7 +131,7 @@ def run_baselines(cfg, checkpoint_dir: str | Path, budgets: Sequence[float] | No
     if held_out_split == "train":
         log.warning("threshold baselines tuned on the training split (--held-out-split train): optimistic thresholds")
     model = load_cascade(checkpoint_dir).model
-    shards = Path(cfg.data.shards)
+    shards = cfg.data.shards
     held_split = held_out_split
     kw = dict(backend=cfg.data.backend, train=False, num_workers=cfg.data.loader_workers, seed=cfg.run.seed)
     held = collect_outputs(model, make_loader(shards, held_split, cfg.data.eval_batch_size, **kw))

@@ -24,12 +24,14 @@ import math
 import os
 import shlex
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from ..data import storage
 from ..data.redact import redact, redact_tree
 from ..runtime import launch
 from ..runtime.config import DEFAULT_CONFIG, Config, ConfigError, load_config, shipped_configs, to_container
@@ -154,8 +156,8 @@ def sweep(cfg: Config, args: argparse.Namespace, command: str) -> int:
     import ray
 
 
-    cfg.run.storage_path = str(Path(cfg.run.storage_path).resolve())
-    cfg.data.shards = str(Path(cfg.data.shards).resolve())
+    cfg.run.storage_path = storage.resolve_storage(cfg.run.storage_path)
+    cfg.data.shards = storage.resolve_storage(cfg.data.shards)
     previous_uri = mlflow.get_tracking_uri()  # ensure_experiment sets it process-wide: restored below
     own_ray = launch.init_ray(cfg)
     try:
@@ -262,7 +264,9 @@ def finish(s: Sweep, warmup: dict, baselines: dict, budget: dict | None) -> int:
     from .report import write_report
 
     args, cfg = s.args, s.cfg
-    out = Path(args.out).resolve() if args.out else Path(cfg.run.storage_path) / args.name / "report"
+    out = storage.location(storage.resolve_storage(args.out) if args.out else
+                           storage.join(cfg.run.storage_path, args.name, "report"))
+    written = Path(tempfile.mkdtemp(prefix="sweep_report_")) if storage.is_uri(out) else out  # then uploaded
     children = {r.info.run_name: r.info.run_id for r in s.client.search_runs(
         [s.experiment_id], f"tags.mlflow.parentRunId = '{s.parent_run_id}'", max_results=1000)}
     for t in s.trials:
@@ -274,8 +278,10 @@ def finish(s: Sweep, warmup: dict, baselines: dict, budget: dict | None) -> int:
         "warmup": warmup, **baselines, "trials": s.trials, "budget": budget, "errors": s.errors,
         "mlflow_parent_run_id": s.parent_run_id, "notes": _notes(cfg, args, s.errors),
     }
-    paths = write_report(out, summary)
-    s.client.log_artifacts(s.parent_run_id, str(out))
+    paths = write_report(written, summary)
+    s.client.log_artifacts(s.parent_run_id, str(written))
+    if written != out:
+        storage.copy_tree(written, out)
     report = json.loads(paths["json"].read_text())
     metrics = {"wall_clock_s": wall, "warmup_s": warmup["seconds"], "time_saved_s": warmup["saved_s"],
                "n_trials": len(s.trials), "n_failed": len(s.errors), "pareto_size": len(report["pareto_front"])}

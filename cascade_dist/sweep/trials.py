@@ -12,9 +12,9 @@ import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from ..data import storage
 from ..runtime.config import Config, from_container
 from .pareto import Point, best_under_budget
 
@@ -142,7 +142,7 @@ def run_trials(specs: Sequence[TrialSpec], base: dict, ctx: SweepContext, max_co
         tune.with_resources(trainable, {"CPU": 0, "memory": 1}),
         param_space={"point": tune.grid_search(list(range(len(specs))))},
         tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent, reuse_actors=False),
-        run_config=tune.RunConfig(name=f"{ctx.name}-tune-{round_}", storage_path=str(Path(base["run"]["storage_path"]) / "tune"),
+        run_config=tune.RunConfig(name=f"{ctx.name}-tune-{round_}", **storage.ray_storage(storage.join(base["run"]["storage_path"], "tune")),
                                   verbose=0),
     )
     trials, errors = [], []
@@ -151,7 +151,7 @@ def run_trials(specs: Sequence[TrialSpec], base: dict, ctx: SweepContext, max_co
         if res.error or not res.metrics or "accuracy" not in res.metrics:
             errors.append(f"{run_name(ctx.name, spec)}: {res.error}")
             continue
-        report = json.loads((Path(res.metrics["checkpoint_path"]) / "report.json").read_text())
+        report = json.loads(storage.read_text(storage.join(res.metrics["checkpoint_path"], "report.json")))
         trials.append(Trial(spec, res.metrics["run_name"], report["accuracy"], report["cost_pct"],
                             report["exit_fractions"], report["sweep"], res.metrics.get("alpha_end", spec.alpha),
                             res.metrics.get("trial_seconds"), res.metrics["checkpoint_path"]))
