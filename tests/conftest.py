@@ -70,8 +70,9 @@ def fashion_mnist_subset_shards(tmp_path_factory, fashion_mnist_dir, name: str, 
 
 
 @pytest.fixture(scope="session")
-def ray_local():
-    """One local Ray instance for the session's in-process training runs."""
+def ray_local(s3_server):
+    """One local Ray instance for the session's in-process training runs. Started after the S3 test
+    server, whose AWS variables its workers inherit (as a user's local instance inherits the shell's)."""
     import ray
 
     ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False)

@@ -77,6 +77,9 @@ def parent(path: str | os.PathLike) -> str:
     return str(path).rstrip("/").rsplit("/", 1)[0] if is_uri(path) else str(Path(path).parent)
 
 
+S3_TIMEOUT_S = 60.0
+"""Per request: the AWS SDK's default (3 s) fails spuriously against a busy server (a small
+S3-compatible store on a loaded machine took longer)."""
 _FS_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE",
            "AWS_ACCESS_KEY_ID", "GOOGLE_APPLICATION_CREDENTIALS")
 
@@ -87,7 +90,13 @@ def _uri_filesystem(root: str, pid: int, env: tuple):
     threads do not survive a fork) and environment (an endpoint or profile changed: a new one)."""
     import pyarrow.fs as pafs
 
-    return pafs.FileSystem.from_uri(root)[0]
+    parts = urlsplit(root)
+    if parts.scheme.lower() != "s3":
+        return pafs.FileSystem.from_uri(root)[0]
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or pafs.resolve_s3_region(parts.netloc)
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")  # as from_uri reads them
+    return pafs.S3FileSystem(region=region, endpoint_override=endpoint, connect_timeout=S3_TIMEOUT_S,
+                             request_timeout=S3_TIMEOUT_S)
 
 
 def filesystem(path: str | os.PathLike):
