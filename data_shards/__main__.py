@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+from cascade_dist.data import storage
 from cascade_dist.data.manifest import MANIFEST_NAME, ShardError, verify
 
 from .convert import SPLITS, convert
@@ -59,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("verify", help="re-check shards against manifest.json",
                        description="Re-read every shard of DIR (an output folder or one split folder): "
                                    "components, labels, image decode, counts, sha256, DALI index.")
-    v.add_argument("dir", type=Path)
+    v.add_argument("dir")
     st = sub.add_parser("stage", help="copy shards from object storage to a local folder, verified",
                         description="Copy SRC (s3://bucket/shards, gs://..., or a path; a shard tree or one split) "
                                     "to the local folder DIR, each shard's sha256 checked against its manifest. "
@@ -70,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_verify(root: Path) -> None:
+    if storage.is_uri(root):
+        raise ValueError(f"verify reads a local folder, got {root}: copy it with `python -m data_shards stage {root} DIR` "
+                         f"(which checks every shard's sha256), then verify DIR")
+    root = Path(root)
     split_dirs = [root] if (root / MANIFEST_NAME).is_file() else [root / s for s in SPLITS if (root / s).is_dir()]
     if not split_dirs:
         raise FileNotFoundError(f"no {MANIFEST_NAME} in {root} or its train/val/test folders")

@@ -6,6 +6,7 @@ secret key reaches no param, artifact or log."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -40,8 +41,12 @@ def s3_run(s3_server, small_fashion_mnist_shards, tmp_path_factory, ray_local):
     tmp = tmp_path_factory.mktemp("s3run")
     first = run(load_config("demo", s3_overrides(bucket, tmp)))
     resumed = run(load_config("demo", s3_overrides(bucket, tmp, **{"optim.joint_epochs": 1})))  # one epoch more
+    start = time.perf_counter()
+    again = run(load_config("demo", s3_overrides(bucket, tmp, **{"optim.joint_epochs": 1})))  # finished: read back
+    again_s = time.perf_counter() - start
     session = Path(ray_local._private.worker._global_node.get_session_dir_path())
-    return {"bucket": bucket, "tmp": tmp, "first": first, "resumed": resumed, "ray_session": session}
+    return {"bucket": bucket, "tmp": tmp, "first": first, "resumed": resumed, "again": again, "again_s": again_s,
+            "ray_session": session}
 
 
 def checkpoints(run_dir: str) -> list[str]:
@@ -60,6 +65,9 @@ def test_checkpoints_land_in_the_bucket_and_the_resubmitted_run_resumes(s3_run):
     assert sorted(steps) == ["steps_rank0_epoch0.json", "steps_rank0_epoch1.json"]  # epoch 0 not trained again
     assert s3_run["first"].checkpoint_path == found[0] and s3_run["resumed"].checkpoint_path == found[1]
     assert s3_run["resumed"].run_dir == run_dir and s3_run["resumed"].metrics["epoch"] == 1
+    again = s3_run["again"]  # the finished run resubmitted: its result read back from the bucket, no worker
+    assert again.checkpoint_path == found[1] and again.report.accuracy == s3_run["resumed"].report.accuracy
+    assert s3_run["again_s"] < 10 and len(checkpoints(run_dir)) == 2
     client = MlflowClient(f"sqlite:///{s3_run['tmp']}/mlflow.db")
     runs = client.search_runs([client.get_experiment_by_name("s3").experiment_id])
     assert len(runs) == 1  # the same MLflow run continued
