@@ -35,7 +35,9 @@ class DataConfig(Section):
         elif self.on_error == "skip" and self.backend == "dali":
             out.append(("on_error", "'skip' is not supported by data.backend='dali' (DALI cannot drop an "
                                     "undecodable image); use data.backend=torch or data.on_error=raise"))
-        if self.backend == "dali" and storage.is_uri(self.shards):
+        if problem := storage.scheme_problem(self.shards):
+            out.append(("shards", problem))
+        elif self.backend == "dali" and storage.is_uri(self.shards):
             out.append(("shards", local_files_only(self.shards)))
         for key in ("batch_size", "eval_batch_size"):
             if getattr(self, key) < 1:

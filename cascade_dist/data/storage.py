@@ -29,6 +29,8 @@ from typing import Callable, Iterator
 from urllib.parse import unquote, urlsplit
 
 _SCHEME = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]+)://")
+SCHEMES = ("s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss", "file")
+"""The URI schemes pyarrow.fs opens."""
 SCHEME_OF_FILESYSTEM = {"s3": "s3", "gcs": "gs", "hdfs": "hdfs"}
 """pyarrow's `FileSystem.type_name` → the URI scheme its paths are written with."""
 
@@ -42,6 +44,13 @@ def scheme(path: str | os.PathLike) -> str:
     """The URI's scheme in lower case; "" for a local path."""
     m = _SCHEME.match(str(path))
     return m["scheme"].lower() if m else ""
+
+
+def scheme_problem(path: str | os.PathLike) -> str | None:
+    """Why `path` cannot be stored to (a URI scheme pyarrow.fs does not open), or None."""
+    if is_uri(path) and scheme(path) not in SCHEMES:
+        return f"unsupported scheme {scheme(path)!r} in {str(path)!r}; expected a local path or one of {', '.join(SCHEMES)}"
+    return None
 
 
 def resolve_storage(path: str | os.PathLike) -> str:

@@ -19,8 +19,8 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from ..data.config import DataConfig
 from ..data import storage
+from ..data.config import DataConfig
 from ..data.redact import redact_tree
 from ..method.evaluate import EvalConfig
 from ..method.exit_rule import ExitRule
@@ -87,6 +87,8 @@ class RunConfig(Section):
         if self.channels_last and not out and (self.bf16 or self.fp16 or self.zero_stage):
             out.append(("channels_last", "needs float32 and zero_stage 0 (DeepSpeed's bf16/fp16 and ZeRO optimisers "
                                          "keep the parameters in flat buffers); set run.channels_last=false"))
+        if problem := storage.scheme_problem(self.storage_path):
+            out.append(("storage_path", problem))
         if self.max_failures < -1:
             out.append(("max_failures", f"must be >= -1 (-1 = forever), got {self.max_failures}"))
         if self.checkpoints_to_keep < 1:

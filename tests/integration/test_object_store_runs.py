@@ -103,3 +103,14 @@ def test_the_secret_key_reaches_no_param_artifact_or_log(s3_run):
     assert len(logs) > 10  # the session's logs: driver, raylet, runtime env agent, the workers' stdout/stderr
     leaked = [str(p) for p in logs if SECRET.encode() in p.read_bytes()]
     assert not leaked, leaked
+
+
+def test_predict_reads_the_s3_checkpoint_and_its_s3_shards(s3_run, tmp_path):
+    from cascade_dist.inference.cli import main
+
+    run_dir = f"s3://{s3_run['bucket']}/runs/s3demo"
+    rc = main(["--checkpoint", run_dir, "--split", "test", "--out", str(tmp_path), "--batch-size", "250"])
+    assert rc == 0  # shards and backend from the run's config: s3://runs-bucket/shards, torch
+    result = json.loads((tmp_path / "predict.json").read_text())
+    saved = json.loads(storage.read_text(storage.join(sorted(checkpoints(run_dir))[-1], "report.json")))
+    assert result["num_samples"] == 500 and result["dense_report"]["accuracy"] == saved["accuracy"]

@@ -32,6 +32,8 @@ def test_join_name_parent_keep_the_kind_of_location(tmp_path):
     assert storage.parent(tmp_path / "a") == str(tmp_path)
     assert storage.location("s3://b/x") == "s3://b/x" and storage.location(str(tmp_path)) == tmp_path
     assert not storage.is_uri("C:/data") and not storage.is_uri("runs/s3:/x") and storage.scheme("GS://b") == "gs"
+    assert storage.scheme_problem("s3://b/x") is None and storage.scheme_problem("/abs") is None
+    assert "unsupported scheme 'http'" in storage.scheme_problem("http://host/runs")
 
 
 def test_ray_storage_splits_a_uri_into_filesystem_and_path(s3_server):

@@ -35,6 +35,7 @@ def test_shipped_configs_load(name):
         ("data.batch_size=100000", "data.batch_size: 100000 exceeds a rank's share"),
         ("tracking.tracking_uri=ftp://x", "tracking.tracking_uri: unsupported scheme 'ftp'"),
         ("run.name=..", "run.name: must be a non-empty name"),
+        ("run.storage_path=ftp://host/runs", "run.storage_path: unsupported scheme 'ftp' in 'ftp://host/runs'"),
         ("model.image_size=32", "model.image_size: 32 but"),
         ("model.in_channels=3", "model.in_channels: 3 but"),
         ("data.on_error=skip", "data.on_error: 'skip' is not supported by data.backend='dali'"),
