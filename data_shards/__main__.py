@@ -1,4 +1,5 @@
-"""`python -m data_shards SOURCE --src PATH --out DIR [...]` and `python -m data_shards verify DIR`.
+"""`python -m data_shards SOURCE --src PATH --out DIR [...]`, `python -m data_shards verify DIR` and
+`python -m data_shards stage s3://bucket/shards DIR` (a verified local copy, for the DALI loader).
 
 Exit codes: 0 done, 2 bad input (one line on stderr naming the file and the sample key).
 """
@@ -10,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+from cascade_dist.data import storage
 from cascade_dist.data.manifest import MANIFEST_NAME, ShardError, verify
 
 from .convert import SPLITS, convert
@@ -36,9 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m data_shards", description="Write WebDataset shards + DALI indexes + manifest.json per split.",
         epilog="example: python -m data_shards fashion-mnist --out shards/fashion-mnist --val-split 5000; "
-               "python -m data_shards verify shards/fashion-mnist. `python -m data_shards SOURCE -h` says what "
+               "python -m data_shards verify shards/fashion-mnist; "
+               "python -m data_shards stage s3://bucket/shards/fashion-mnist /local/shards. `python -m data_shards SOURCE -h` says what "
                "--src must hold.")
-    sub = p.add_subparsers(dest="command", required=True, metavar="{" + ",".join([*SOURCES, "verify"]) + "}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{" + ",".join([*SOURCES, "verify", "stage"]) + "}")
     for name in SOURCES:
         s = sub.add_parser(name, help=f"convert {name}", description=f"Convert {name}: --src is {SRC_HELP[name]}.")
         s.add_argument("--src", type=Path, help="input, as described above")
@@ -57,11 +60,21 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("verify", help="re-check shards against manifest.json",
                        description="Re-read every shard of DIR (an output folder or one split folder): "
                                    "components, labels, image decode, counts, sha256, DALI index.")
-    v.add_argument("dir", type=Path)
+    v.add_argument("dir")
+    st = sub.add_parser("stage", help="copy shards from object storage to a local folder, verified",
+                        description="Copy SRC (s3://bucket/shards, gs://..., or a path; a shard tree or one split) "
+                                    "to the local folder DIR, each shard's sha256 checked against its manifest. "
+                                    "Run again, it copies only what is missing or differs.")
+    st.add_argument("src", help="shard tree or split folder: a URI or a path (credentials from the environment)")
+    st.add_argument("dir", type=Path, help="local destination folder")
     return p
 
 
 def run_verify(root: Path) -> None:
+    if storage.is_uri(root):
+        raise ValueError(f"verify reads a local folder, got {root}: copy it with `python -m data_shards stage {root} DIR` "
+                         f"(which checks every shard's sha256), then verify DIR")
+    root = Path(root)
     split_dirs = [root] if (root / MANIFEST_NAME).is_file() else [root / s for s in SPLITS if (root / s).is_dir()]
     if not split_dirs:
         raise FileNotFoundError(f"no {MANIFEST_NAME} in {root} or its train/val/test folders")
@@ -76,6 +89,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "verify":
             run_verify(args.dir)
+        elif args.command == "stage":
+            from .stage import stage
+
+            stage(args.src, args.dir, log=lambda msg: print(msg, flush=True))
         else:
             convert(args.command, args.src, args.out, val_split=args.val_split, shard_size=args.shard_size,
                     seed=args.seed, force=args.force, on_error=args.on_error, name=args.name, progress=True,

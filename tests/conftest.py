@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from object_store import *  # noqa: F401,F403  (a real S3-compatible server, moto_server)
 from shard_fixtures import *  # noqa: F401,F403  (session fixtures over real shards)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -69,8 +70,9 @@ def fashion_mnist_subset_shards(tmp_path_factory, fashion_mnist_dir, name: str, 
 
 
 @pytest.fixture(scope="session")
-def ray_local():
-    """One local Ray instance for the session's in-process training runs."""
+def ray_local(s3_server):
+    """One local Ray instance for the session's in-process training runs. Started after the S3 test
+    server, whose AWS variables its workers inherit (as a user's local instance inherits the shell's)."""
     import ray
 
     ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False)

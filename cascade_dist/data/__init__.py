@@ -20,7 +20,8 @@ import torch
 
 from .augment import AugmentSpec, Normalization, default_augment, resolve_augment
 from .config import DataConfig
-from .contract import BACKENDS, ON_ERROR, DataError, Loader, open_split
+from . import storage
+from .contract import BACKENDS, ON_ERROR, DataError, Loader, local_files_only, open_split
 
 __all__ = [
     "AugmentSpec",
@@ -53,7 +54,9 @@ def make_loader(
 
     Args:
         shard_dir: the directory written by ``python -m data_shards`` (holding ``train/``, ``val/``,
-            ``test/`` with shards, index files and ``manifest.json``).
+            ``test/`` with shards, index files and ``manifest.json``), or its URI on an object store
+            (``s3://bucket/shards``: the torch backend streams it; DALI needs a local copy, made by
+            ``python -m data_shards stage URI DIR``).
         split: "train", "val" or "test".
         batch_size: samples per batch (per rank).
         backend: "dali" (NVIDIA DALI; GPU decoding with ``device="cuda"``) or "torch" (webdataset +
@@ -79,6 +82,8 @@ def make_loader(
         raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
     if int(num_workers) < 0:
         raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+    if backend == "dali" and storage.is_uri(shard_dir):
+        raise DataError(f"data.shards: {local_files_only(str(shard_dir))}")
     info = open_split(shard_dir, split)
     if int(world_size) > info.num_samples:
         raise ValueError(f"world_size {world_size} exceeds the {info.num_samples} samples of {info.split_dir}")

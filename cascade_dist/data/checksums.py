@@ -1,5 +1,6 @@
 """What a node has checked of a shard, done once per shard per node and cached by (path, size,
-mtime) in `$CASCADE_CACHE_DIR`, else `$XDG_CACHE_HOME/cascade_dist`, else `~/.cache/cascade_dist`:
+mtime) -- a shard at a URI by (URI, size, last-modified) -- in `$CASCADE_CACHE_DIR`, else
+`$XDG_CACHE_HOME/cascade_dist`, else `~/.cache/cascade_dist`:
 
 - `cached_sha256`: each shard's sha256, checked against its manifest when a run opens its shards
   (file `shard-sha256.json`);
@@ -18,6 +19,8 @@ from pathlib import Path
 
 from typing import Callable
 
+from . import storage
+
 CACHE_FILE = "shard-sha256.json"
 DECODED_FILE = "shard-decoded.json"
 
@@ -34,16 +37,19 @@ def _read_cache(path: Path) -> dict:
         return {}  # none yet, or unreadable (another process mid-write): hash again
 
 
-def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
+def file_sha256(path: Path | str, chunk: int = 1 << 22) -> str:
+    """sha256 of a local file or of an object at a URI (read once, in chunks)."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with storage.open_input(path) as f:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
 
 
-def cached_sha256(paths: list[Path]) -> dict[Path, str]:
-    """sha256 of each file, hashed only when its (size, mtime) is not in the cache."""
+def cached_sha256(paths: list[Path | str]) -> dict[Path | str, str]:
+    """sha256 of each file, hashed only when its (size, mtime) is not in the cache. A shard at a
+    URI is keyed by its URI and the object's (size, last-modified): it is read once per node and
+    object version, like a local shard (a rewritten object has a new last-modified time)."""
     return _cached(paths, CACHE_FILE, file_sha256)
 
 
@@ -61,15 +67,15 @@ def decode_checked(split_dir: Path, manifest) -> None:
     _cached(list(shards), DECODED_FILE, check)
 
 
-def _cached(paths: list[Path], name: str, compute: Callable[[Path], str]) -> dict[Path, str]:
+def _cached(paths: list, name: str, compute: Callable) -> dict:
     """`compute(path)` of each file, run only when its (size, mtime) is not in cache file `name`."""
     cache_file = cache_path(name)
     cache = _read_cache(cache_file)
     out, changed = {}, False
     try:
         for path in paths:
-            st = path.stat()
-            key, stamp = str(path.resolve()), [st.st_size, st.st_mtime_ns]
+            size, mtime_ns = storage.stat(path)
+            key, stamp = storage.resolve_storage(path), [size, mtime_ns]
             hit = cache.get(key)
             if hit and hit[:2] == stamp:
                 out[path] = hit[2]

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..method.sections import Problem, Section
-from .contract import BACKENDS, ON_ERROR
+from . import storage
+from .contract import BACKENDS, ON_ERROR, local_files_only
 
 
 @dataclass
@@ -13,6 +14,7 @@ class DataConfig(Section):
     """Shards written by `python -m data_shards` and the loader over them."""
 
     shards: str = "shards/fashion-mnist"
+    """A local folder, or a URI (s3://bucket/shards) that the torch backend streams from."""
     backend: str = "dali"
     batch_size: int = 128
     """Per worker; the global batch is batch_size × num_workers."""
@@ -33,6 +35,10 @@ class DataConfig(Section):
         elif self.on_error == "skip" and self.backend == "dali":
             out.append(("on_error", "'skip' is not supported by data.backend='dali' (DALI cannot drop an "
                                     "undecodable image); use data.backend=torch or data.on_error=raise"))
+        if problem := storage.scheme_problem(self.shards):
+            out.append(("shards", problem))
+        elif self.backend == "dali" and storage.is_uri(self.shards):
+            out.append(("shards", local_files_only(self.shards)))
         for key in ("batch_size", "eval_batch_size"):
             if getattr(self, key) < 1:
                 out.append((key, f"must be >= 1, got {getattr(self, key)}"))

@@ -25,6 +25,7 @@ from typing import Any, Iterator
 import torch
 
 from .augment import AugmentSpec, Normalization
+from . import storage
 from .checksums import cached_sha256
 from .manifest import Manifest, ShardError
 
@@ -49,10 +50,11 @@ def _field(obj: Any, name: str) -> Any:
 class SplitInfo:
     """One split on disk, checked against its manifest."""
 
-    split_dir: Path
+    split_dir: Path | str
+    """A local folder (Path), or a URI (str) whose shards the torch backend streams."""
     manifest: Any
-    shard_paths: tuple[Path, ...]
-    index_paths: tuple[Path, ...]
+    shard_paths: tuple[Path | str, ...]
+    index_paths: tuple[Path | str, ...]
     shard_counts: tuple[int, ...]
 
     @property
@@ -63,54 +65,64 @@ class SplitInfo:
 def open_split(shard_dir: str | Path, split: str) -> SplitInfo:
     """Load ``shard_dir/split/manifest.json`` and check that every shard and index file it names is
     there with the sample count and sha256 the manifest says (`checksums`: hashed once per node).
-    Errors name the path and what was expected."""
+    ``shard_dir`` is a local folder or a URI (`storage`: s3://bucket/shards); the paths of a
+    remote split stay URIs. Errors name the path and what was expected."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}: expected one of {', '.join(SPLITS)}")
-    shard_dir = Path(shard_dir)
-    if not shard_dir.is_dir():
+    shard_dir = storage.location(shard_dir)
+    if not storage.is_dir(shard_dir):
         raise FileNotFoundError(
             f"shard directory {shard_dir} does not exist: write it with `python -m data_shards SOURCE --out {shard_dir}`"
         )
-    split_dir = shard_dir / split
-    if not (split_dir / "manifest.json").is_file():
-        have = sorted(p.name for p in shard_dir.iterdir() if (p / "manifest.json").is_file())
+    split_dir = storage.location(storage.join(shard_dir, split))
+    manifest_path = storage.join(split_dir, "manifest.json")
+    if not storage.is_file(manifest_path):
+        have = [p for p in storage.list_dir(shard_dir) if storage.is_file(storage.join(shard_dir, p, "manifest.json"))]
         raise FileNotFoundError(
-            f"no split {split!r} under {shard_dir}: {split_dir / 'manifest.json'} is missing "
+            f"no split {split!r} under {shard_dir}: {manifest_path} is missing "
             f"(splits present: {', '.join(have) or 'none'})"
         )
     manifest = Manifest.load(split_dir)
     if str(manifest.split) != split:
-        raise DataError(f"{split_dir / 'manifest.json'}: manifest is for split {manifest.split!r}, not {split!r}")
+        raise DataError(f"{manifest_path}: manifest is for split {manifest.split!r}, not {split!r}")
     shards = list(manifest.shards)
     if not shards:
-        raise DataError(f"{split_dir / 'manifest.json'}: lists no shards")
-    shard_paths = tuple(Path(p) for p in manifest.shard_paths(split_dir))
-    index_paths = tuple(Path(p) for p in manifest.index_paths(split_dir))
+        raise DataError(f"{manifest_path}: lists no shards")
+    shard_paths = tuple(manifest.shard_paths(split_dir))
+    index_paths = tuple(manifest.index_paths(split_dir))
     counts = tuple(int(_field(s, "num_samples")) for s in shards)
     if sum(counts) != int(manifest.num_samples):
         raise DataError(
-            f"{split_dir / 'manifest.json'}: shard sample counts sum to {sum(counts)}, "
+            f"{manifest_path}: shard sample counts sum to {sum(counts)}, "
             f"num_samples says {manifest.num_samples}"
         )
     for tar, idx, count in zip(shard_paths, index_paths, counts):
-        if not tar.is_file():
-            raise DataError(f"shard {tar} listed in {split_dir / 'manifest.json'} is missing")
-        if not idx.is_file():
-            raise DataError(f"index {idx} of shard {tar.name} is missing (rewrite it with `wds2idx {tar} {idx}`)")
-        header = idx.open("r").readline().split()
+        if not storage.is_file(tar):
+            raise DataError(f"shard {tar} listed in {manifest_path} is missing")
+        if not storage.is_file(idx):
+            raise DataError(f"index {idx} of shard {storage.name(tar)} is missing (rewrite it with `wds2idx {tar} {idx}`)")
+        with storage.open_input(idx) as f:
+            header = f.read(64).split(b"\n", 1)[0].decode("ascii", "replace").split()
         if len(header) != 2 or not header[1].isdigit() or int(header[1]) != count:
             raise DataError(
                 f"index {idx} (header {' '.join(header)!r}) does not match the manifest's "
-                f"{count} samples for shard {tar.name}"
+                f"{count} samples for shard {storage.name(tar)}"
             )
     expected = {tar: str(_field(s, "sha256") or "") for tar, s in zip(shard_paths, shards)}
     for tar, digest in cached_sha256([t for t, e in expected.items() if e]).items():
         if digest != expected[tar]:
             raise DataError(f"shard {tar}: sha256 {digest[:16]}… differs from {expected[tar][:16]}… in "
-                            f"{split_dir / 'manifest.json'} (changed since written: rewrite or re-verify it)")
+                            f"{manifest_path} (changed since written: rewrite or re-verify it)")
     if int(manifest.channels) not in (1, 3):
-        raise DataError(f"{split_dir / 'manifest.json'}: channels must be 1 or 3, got {manifest.channels}")
+        raise DataError(f"{manifest_path}: channels must be 1 or 3, got {manifest.channels}")
     return SplitInfo(split_dir, manifest, shard_paths, index_paths, counts)
+
+
+def local_files_only(shards: str) -> str:
+    """Why the DALI backend cannot read the shards at URI `shards`, and what to do instead."""
+    return (f"{shards} is on object storage, and data.backend=dali reads local files only: stage a copy on "
+            f"each node with `python -m data_shards stage {shards} /local/shards` and set "
+            f"data.shards=/local/shards, or stream it with data.backend=torch")
 
 
 def rank_range(num_samples: int, rank: int, world_size: int) -> tuple[int, int]:

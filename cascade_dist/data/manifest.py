@@ -17,6 +17,8 @@ import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import storage
+
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
 IMAGE_EXTS = ("png", "jpg")
@@ -93,11 +95,12 @@ class Manifest:
 
     @classmethod
     def load(cls, split_dir: str | Path) -> "Manifest":
-        path = Path(split_dir) / MANIFEST_NAME
-        if not path.is_file():
+        """The manifest of a split folder: a local path or a URI (`storage`)."""
+        path = storage.join(split_dir, MANIFEST_NAME)
+        if not storage.is_file(path):
             raise FileNotFoundError(f"manifest not found: {path}")
         try:
-            d = json.loads(path.read_text())
+            d = json.loads(storage.read_text(path))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ShardError(f"{path}: not valid JSON ({e})") from None
         return cls.from_dict(d, where=str(path))
@@ -110,11 +113,12 @@ class Manifest:
         os.replace(tmp, path)
         return path
 
-    def shard_paths(self, split_dir: str | Path) -> list[Path]:
-        return [Path(split_dir) / s.file for s in self.shards]
+    def shard_paths(self, split_dir: str | Path) -> list[Path | str]:
+        """Each shard's location: a Path under a local split folder, a URI under a remote one."""
+        return [storage.location(storage.join(split_dir, s.file)) for s in self.shards]
 
-    def index_paths(self, split_dir: str | Path) -> list[Path]:
-        return [Path(split_dir) / s.index for s in self.shards]
+    def index_paths(self, split_dir: str | Path) -> list[Path | str]:
+        return [storage.location(storage.join(split_dir, s.index)) for s in self.shards]
 
 
 def split_name(member: str) -> tuple[str, str]:

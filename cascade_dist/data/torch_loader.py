@@ -20,6 +20,11 @@ Randomness (shuffle buffer, crops, flips) is seeded from ``(seed, epoch, rank, w
 not touch the caller's global RNG, so a fixed seed reproduces an epoch exactly; call
 :meth:`TorchLoader.set_epoch` each epoch for a new order.
 
+Shards at a URI (``s3://bucket/shards``): each piece is opened through :mod:`storage` (pyarrow.fs,
+a buffered, seekable reader), so a worker seeks to its first sample with the DALI index as it does on
+disk; webdataset's ``pipe:`` URLs (``pipe:aws s3 cp ... -``) cannot seek, and every worker would read
+its shard from the start. webdataset's tar iterator and key grouping stay the same.
+
 Bad samples: an undecodable image, a missing image or ``.lbl`` component, a label outside
 ``[0, num_classes)``, or an unreadable (truncated) tar raise :class:`DataError` naming the shard
 and the sample key, or with ``on_error="skip"`` are skipped, logged and counted in
@@ -42,6 +47,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from torchvision.transforms import v2
 
+from . import storage
 from .augment import AugmentSpec, Normalization
 from .contract import DataError, Loader, rank_range
 from .manifest import ShardError, decode_label
@@ -220,7 +226,7 @@ def decode_image_bytes(data: bytes, channels: int, where: str) -> torch.Tensor:
 def _read_pieces(pieces, skips: _SkipCounter):
     """Samples of (shard, index, first, count) pieces via webdataset's tar iterator and grouping."""
     for url, index, first, count in pieces:
-        stream = open(url, "rb")
+        stream = storage.open_input(url)  # a local file, or a buffered object-store reader (`storage`)
         try:
             start = _sample_offset(stream, index, first)
             skip = 0
@@ -253,8 +259,12 @@ def _sample_offset(stream, index: str, sample: int) -> int | None:
     None if the index line or the header found there does not match (then the caller skips)."""
     if sample == 0:
         return 0
-    with open(index) as f:
-        line = next(itertools.islice(f, sample + 1, sample + 2), None)
+    if storage.is_uri(index):
+        lines = storage.read_text(index).splitlines()
+        line = lines[sample + 1] if sample + 1 < len(lines) else None
+    else:
+        with open(index) as f:
+            line = next(itertools.islice(f, sample + 1, sample + 2), None)
     fields = (line or "").split()
     try:
         offsets = [int(x) for x in fields[1::4]]

@@ -31,6 +31,8 @@ from pathlib import Path
 
 import torch
 
+from ..data import storage
+
 PROG = "python -m cascade_dist.predict"
 EXPORT_ARTIFACT = "cascade_export"
 
@@ -69,8 +71,13 @@ class InputError(ValueError):
 
 
 def load_model(source: str, args: argparse.Namespace):
-    """(stage runner, info dict): eager cascade from a checkpoint, or an exported cascade."""
-    if "://" in source or source.startswith(("runs:/", "models:/")):
+    """(stage runner, info dict): eager cascade from a checkpoint, or an exported cascade; either a
+    local directory, on an object store (s3://, gs://) or an MLflow artifact (runs:/, models:/)."""
+    from .export import MANIFEST, ExportedCascade
+
+    mlflow_uri = source.startswith(("runs:/", "models:/", "mlflow-artifacts:")) or (
+        storage.is_uri(source) and storage.scheme(source) in ("http", "https"))
+    if mlflow_uri:
         import mlflow
 
         if args.tracking_uri:
@@ -79,23 +86,31 @@ def load_model(source: str, args: argparse.Namespace):
             source = mlflow.artifacts.download_artifacts(source, dst_path=tempfile.mkdtemp(prefix="cascade_export_"))
         except Exception as err:  # noqa: BLE001 (MLflow raises many kinds)
             raise InputError(f"--checkpoint: cannot download {source}: {str(err).splitlines()[0]}") from None
+    elif storage.is_uri(source):  # on an object store: a checkpoint or run directory, or an exported cascade
+        if not storage.is_file(storage.join(source, MANIFEST)):
+            return checkpoint_model(source, args)
+        remote, source = source, tempfile.mkdtemp(prefix="cascade_export_")
+        storage.copy_tree(remote, source)
     path = Path(source)
     if not path.is_dir():
         raise InputError(f"checkpoint not found: {path} is not a directory")
-    from .calibration import CALIBRATION_FILE, Calibration
-    from .export import MANIFEST, ExportedCascade
-
     if (path / MANIFEST).is_file():
         runtime = ExportedCascade.load(path, args.device)
         return runtime, {"source": str(path), "kind": "export", "theta": runtime.theta, "ensemble": runtime.ensemble,
                          "shards": None, "backend": None, "calibration_path": None, "topk": 1}
+    return checkpoint_model(path, args)
+
+
+def checkpoint_model(source: str | Path, args: argparse.Namespace):
+    """(cascade, info dict) of a checkpoint or run directory, local or at a URI."""
+    from .calibration import CALIBRATION_FILE, Calibration
     from .weights import load_cascade
 
-    loaded = load_cascade(path)
+    loaded = load_cascade(source)
     calibration = loaded.checkpoint / CALIBRATION_FILE
     theta = Calibration.load(calibration).theta if calibration.is_file() else None
     return loaded.model.to(args.device), {
-        "source": str(loaded.checkpoint), "kind": "checkpoint", "theta": theta, "tau": loaded.eval_config.tau,
+        "source": loaded.source, "kind": "checkpoint", "theta": theta, "tau": loaded.eval_config.tau,
         "ensemble": loaded.eval_config.ensemble, "shards": loaded.data_config.shards,
         "backend": loaded.data_config.backend, "calibration_path": calibration, "topk": loaded.topk}
 
@@ -335,7 +350,7 @@ def _class_names(shards, split) -> list[str] | None:
     from ..data.manifest import Manifest
 
     try:
-        return list(Manifest.load(Path(shards) / split).class_names)
+        return list(Manifest.load(storage.join(shards, split)).class_names)
     except (OSError, ValueError):
         return None
 

@@ -8,8 +8,11 @@ run's resolved config. Rebuilding needs only the config's `model`, `eval` and `d
 
 from __future__ import annotations
 
+import atexit
 import os
 import re
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +20,7 @@ import torch
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from ..data import storage
 from ..data.config import DataConfig
 from ..method.evaluate import EvalConfig
 from ..method.models import Cascade, ModelConfig
@@ -35,6 +39,9 @@ class LoadedCascade:
     eval_config: EvalConfig
     data_config: DataConfig
     checkpoint: Path
+    """The local checkpoint directory (for a URI checkpoint: the local copy of its files)."""
+    source: str = ""
+    """Where it was loaded from, as given: a local directory or a URI."""
     topk: int = 1
     """The run's `objective.topk`: the k its accuracies count (the label among the k most probable)."""
 
@@ -49,9 +56,11 @@ def save_weights(model: torch.nn.Module, directory: str | Path) -> Path:
     return path
 
 
-def find_checkpoint(path: str | Path) -> Path:
+def find_checkpoint(path: str | Path) -> Path | str:
     """`path` itself if it holds `cascade.pt`, else the newest `checkpoint_*` directory of a run
-    directory (`runs/<name>`) that holds one."""
+    directory (`runs/<name>`) that holds one. A URI (s3://bucket/runs/<name>) gives a URI."""
+    if storage.is_uri(path):
+        return _find_remote_checkpoint(str(path))
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"checkpoint not found: {path} is not a directory")
@@ -62,6 +71,29 @@ def find_checkpoint(path: str | Path) -> Path:
         raise FileNotFoundError(f"checkpoint not found: no {WEIGHTS_FILE} in {path} or its checkpoint_* "
                                 f"directories (expected a Ray checkpoint directory or a run directory holding some)")
     return found[-1]
+
+
+def _find_remote_checkpoint(uri: str) -> str:
+    if storage.is_file(storage.join(uri, WEIGHTS_FILE)):
+        return uri.rstrip("/")
+    found = [storage.join(uri, n) for n in storage.list_dir(uri) if n.startswith("checkpoint_")]
+    found = [c for c in found if storage.is_file(storage.join(c, WEIGHTS_FILE))]
+    if not found:
+        raise FileNotFoundError(f"checkpoint not found: no {WEIGHTS_FILE} in {uri} or its checkpoint_* directories")
+    return found[-1]
+
+
+def fetch_checkpoint(uri: str) -> Path:
+    """A local copy of a URI checkpoint's files for inference (`cascade.pt`, `config.yaml`, the
+    calibration, `report.json`; not DeepSpeed's `checkpoint/` states), with the run directory's
+    `config.yaml` when the checkpoint has none. A temporary directory, removed at exit."""
+    local = Path(tempfile.mkdtemp(prefix="cascade_checkpoint_"))
+    atexit.register(shutil.rmtree, local, True)
+    storage.copy_tree(uri, local, skip=lambda rel: "/" in rel)
+    run_config = storage.join(storage.parent(uri), CONFIG_FILE)
+    if not (local / CONFIG_FILE).is_file() and storage.is_file(run_config):
+        storage.copy_file(run_config, local / CONFIG_FILE)
+    return local
 
 
 def checkpoint_config(checkpoint: Path) -> Path:
@@ -120,10 +152,15 @@ def load_weights(model: torch.nn.Module, file: Path) -> torch.nn.Module:
 
 
 def load_cascade(path: str | Path) -> LoadedCascade:
-    """The cascade of a checkpoint or run directory, in eval mode, with the sections it was trained with."""
-    checkpoint = find_checkpoint(path)
+    """The cascade of a checkpoint or run directory (a local path or a URI), in eval mode, with the
+    sections it was trained with."""
+    if storage.scheme(path) == "file":
+        path = storage.resolve_storage(path)
+    found = find_checkpoint(path)
+    checkpoint = fetch_checkpoint(found) if storage.is_uri(found) else found
     config_file = checkpoint_config(checkpoint)
     model_cfg, eval_cfg, data_cfg = read_sections(config_file)
     model_cfg.weights = None  # the checkpoint holds every weight: no per-classifier files needed
     model = load_weights(model_cfg.build(), checkpoint / WEIGHTS_FILE)
-    return LoadedCascade(model.eval(), model_cfg, eval_cfg, data_cfg, checkpoint, read_topk(config_file))
+    return LoadedCascade(model.eval(), model_cfg, eval_cfg, data_cfg, checkpoint, str(found),
+                         read_topk(config_file))

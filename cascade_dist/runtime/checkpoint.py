@@ -17,6 +17,7 @@ from typing import Callable
 import torch
 from deepspeed.runtime.checkpoint_engine import TorchCheckpointEngine
 
+from ..data import storage
 from ..inference.weights import load_error_line, save_weights
 
 TAG = "checkpoint"
@@ -113,14 +114,15 @@ SNAPSHOT = "checkpoint_manager_snapshot.json"
 
 
 def drop_missing_checkpoints(run_dir: str | Path) -> list[str]:
-    """Remove from Ray Train's checkpoint snapshot of `run_dir` the checkpoints whose directory is
-    gone (a user deleted a bad one), so that the run resumes from the newest one left instead of
-    Ray refusing the run directory. Rewritten atomically; returns the names dropped."""
-    path = Path(run_dir) / SNAPSHOT
-    if not path.is_file():
+    """Remove from Ray Train's checkpoint snapshot of `run_dir` (a path or a URI) the checkpoints
+    whose directory is gone (a user deleted a bad one), so that the run resumes from the newest one
+    left instead of Ray refusing the run directory. Rewritten atomically; returns the names dropped."""
+    path = storage.join(run_dir, SNAPSHOT)  # a local path or a URI (run.storage_path)
+    if not storage.is_file(path):
         return []
-    state = json.loads(path.read_text())
-    exists = lambda name: (Path(run_dir) / name).is_dir()  # noqa: E731
+    state = json.loads(storage.read_text(path))
+    present = set(storage.list_dir(run_dir))
+    exists = lambda name: name in present and storage.is_dir(storage.join(run_dir, name))  # noqa: E731
     results, indices = state.get("checkpoint_results", []), state.get("checkpoint_report_indices", [])
     dropped = [r["checkpoint_dir_name"] for r in results if not exists(r["checkpoint_dir_name"])]
     pending = state.get("pending_training_results", [])
@@ -138,9 +140,7 @@ def drop_missing_checkpoints(run_dir: str | Path) -> list[str]:
                 "failed_validation_checkpoint_dir_names"):
         if key in state:
             state[key] = [name for name in state[key] if exists(name)]
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(state))
-    os.replace(tmp, path)
+    storage.write_text(path, json.dumps(state))  # atomic (a temporary name locally, one PUT remotely)
     log.warning("%s: dropped the missing checkpoint(s) %s; resuming from %s", path, ", ".join(dropped),
                 state["latest_checkpoint_result"]["checkpoint_dir_name"] if kept else "the start")
     return dropped

@@ -8,6 +8,7 @@ line naming its dotted key, before any worker starts.
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass, field, fields
 from importlib import resources
@@ -18,6 +19,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from ..data import storage
 from ..data.config import DataConfig
 from ..data.redact import redact_tree
 from ..method.evaluate import EvalConfig
@@ -38,6 +40,11 @@ class RunConfig(Section):
 
     name: str = "demo"
     storage_path: str = "runs"
+    """Run state, checkpoints and (with a SQLite tracking store) MLflow artifacts: a local path, or a
+    URI (s3://bucket/runs, gs://bucket/runs, file:///abs/path) read and written through pyarrow.fs."""
+    storage_shared: bool = False
+    """Declare a local storage_path a filesystem mounted on every node (NFS): without it a local
+    path is refused on a multi-node Ray cluster."""
     num_workers: int = 2
     use_gpu: bool = False
     cpus_per_worker: int = 1
@@ -80,6 +87,8 @@ class RunConfig(Section):
         if self.channels_last and not out and (self.bf16 or self.fp16 or self.zero_stage):
             out.append(("channels_last", "needs float32 and zero_stage 0 (DeepSpeed's bf16/fp16 and ZeRO optimisers "
                                          "keep the parameters in flat buffers); set run.channels_last=false"))
+        if problem := storage.scheme_problem(self.storage_path):
+            out.append(("storage_path", problem))
         if self.max_failures < -1:
             out.append(("max_failures", f"must be >= -1 (-1 = forever), got {self.max_failures}"))
         if self.checkpoints_to_keep < 1:
@@ -213,12 +222,11 @@ def from_container(data: dict[str, Any]) -> Config:
     return validate(OmegaConf.merge(OmegaConf.structured(Config), data), check_data=False)
 
 
-def save_config(cfg: Config, path: str | Path) -> Path:
-    """The config as YAML, passwords in URIs redacted (`data.redact`): no secret reaches a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(OmegaConf.to_yaml(redact_tree(to_container(cfg))))
-    return path
+def save_config(cfg: Config, path: str | Path) -> Path | str:
+    """The config as YAML (a local path or a URI), passwords in URIs redacted (`data.redact`): no
+    secret reaches a file."""
+    storage.write_text(path, OmegaConf.to_yaml(redact_tree(to_container(cfg))))
+    return path if storage.is_uri(path) else Path(path)
 
 
 def validate(merged, check_data: bool = True) -> Config:
@@ -238,6 +246,8 @@ def validate(merged, check_data: bool = True) -> Config:
     cfg = Config(**sections)  # defaults stand in for bad sections: only checks on valid ones run
     if {"model", "eval", "objective"} <= ok:
         problems += _check_model(cfg)
+    if {"run", "tracking"} <= ok:
+        problems += _check_tracking_store(cfg)
     if check_data and {"model", "data", "run"} <= ok and not any(p.startswith(("model", "data")) for p in problems):
         problems += _check_against_manifest(cfg) + _check_warm_start(cfg)
     if problems:
@@ -266,9 +276,20 @@ def _check_model(cfg: Config) -> list[str]:
     return out
 
 
+def _check_tracking_store(cfg: Config) -> list[str]:
+    """The default tracking store is a SQLite file under run.storage_path: impossible on an object store."""
+    if not cfg.tracking.enabled or cfg.tracking.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"):
+        return []
+    if not storage.is_uri(cfg.run.storage_path) or storage.scheme(cfg.run.storage_path) == "file":
+        return []
+    return [f"tracking.tracking_uri: run.storage_path={cfg.run.storage_path} is an object store, where MLflow's "
+            f"default SQLite store cannot live: set tracking.tracking_uri (an MLflow server http://host:5000, or "
+            f"sqlite:////local/mlflow.db on a single node) or $MLFLOW_TRACKING_URI, or tracking.enabled=false"]
+
+
 def _check_warm_start(cfg: Config) -> list[str]:
     ws = cfg.run.warm_start
-    if ws is not None and not (Path(ws) / "checkpoint").is_dir():
+    if ws is not None and not storage.is_dir(storage.join(ws, "checkpoint")):
         return [f"run.warm_start: no DeepSpeed checkpoint (a 'checkpoint/' folder) under {ws}"]
     return []
 
@@ -277,8 +298,12 @@ def _check_against_manifest(cfg: Config) -> list[str]:
     from ..data.augment import default_augment
     from ..data.contract import open_split
 
-    shards = Path(cfg.data.shards)
-    if not shards.is_dir():
+    shards = cfg.data.shards if storage.is_uri(cfg.data.shards) else Path(cfg.data.shards)
+    try:
+        found = storage.is_dir(shards)
+    except (OSError, ValueError) as err:
+        return [f"data.shards: cannot read {shards}: {str(err).splitlines()[0]}"]
+    if not found:
         return [f"data.shards: shard directory not found: {shards} (build it with `python -m data_shards`)"]
     out, manifests = [], {}
     for split in ("train", cfg.data.eval_split):
@@ -288,7 +313,7 @@ def _check_against_manifest(cfg: Config) -> list[str]:
             out.append(f"data.shards: {err}")
     train = manifests.get("train")
     if train is not None:
-        where = shards / "train" / "manifest.json"
+        where = storage.join(shards, "train", "manifest.json")
         if train.num_classes != cfg.model.num_classes:
             out.append(f"model.num_classes: {cfg.model.num_classes} but {where} has num_classes={train.num_classes}")
         if train.channels != cfg.model.in_channels:
@@ -299,10 +324,10 @@ def _check_against_manifest(cfg: Config) -> list[str]:
                        f"(the MACs would be counted for the wrong input)")
         share = train.num_samples // max(cfg.run.num_workers, 1)
         if cfg.data.batch_size > share:
-            out.append(f"data.batch_size: {cfg.data.batch_size} exceeds a rank's share of {where.parent} "
+            out.append(f"data.batch_size: {cfg.data.batch_size} exceeds a rank's share of {storage.parent(where)} "
                        f"({train.num_samples} samples / run.num_workers={cfg.run.num_workers} = {share})")
         other = manifests.get(cfg.data.eval_split)
         if other is not None and other.num_classes != train.num_classes:
-            out.append(f"data.eval_split: {shards / cfg.data.eval_split} has {other.num_classes} classes, "
+            out.append(f"data.eval_split: {storage.join(shards, cfg.data.eval_split)} has {other.num_classes} classes, "
                        f"train has {train.num_classes}")
     return out

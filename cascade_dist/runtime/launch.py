@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from ..data import storage
 from ..data.redact import redact_tree
 from .config import DEFAULT_CONFIG, Config, ConfigError, load_config, save_config, shipped_configs, to_container
 from ..method.evaluate import EvalReport
@@ -25,8 +26,9 @@ from ..method.evaluate import EvalReport
 class TrainResult:
     report: EvalReport | None
     checkpoint_path: str | None
+    """A local path, or the checkpoint's URI when run.storage_path is one."""
     metrics: dict | None
-    run_dir: Path
+    run_dir: Path | str
     trained: bool = True
     """False when the run was already trained to its end and was only read back (no worker started)."""
 
@@ -50,16 +52,19 @@ def run(cfg: Config, callbacks: Sequence = ()) -> TrainResult:
     from .checkpoint import drop_missing_checkpoints
     from .worker import train_loop_per_worker
 
-    cfg.run.storage_path = str(Path(cfg.run.storage_path).resolve())
-    cfg.data.shards = str(Path(cfg.data.shards).resolve())
+    cfg.run.storage_path = storage.resolve_storage(cfg.run.storage_path)
+    cfg.data.shards = storage.resolve_storage(cfg.data.shards)
     cfg.tracking.tracking_uri = cfg.tracking.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-    run_dir = Path(cfg.run.storage_path) / cfg.run.name
+    run_dir = storage.location(storage.join(cfg.run.storage_path, cfg.run.name))
     drop_missing_checkpoints(run_dir)  # a checkpoint deleted by hand: resume from the newest left
     done = finished(cfg, run_dir)
     if done is not None:
         return done
-    save_config(cfg, run_dir / "config.yaml")
     init_ray(cfg)
+    problem = storage.node_local_problem(cfg.run.storage_path, ray.nodes(), shared=cfg.run.storage_shared)
+    if problem:
+        raise ConfigError([problem])
+    save_config(cfg, storage.join(run_dir, "config.yaml"))
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=to_container(cfg),
@@ -67,7 +72,7 @@ def run(cfg: Config, callbacks: Sequence = ()) -> TrainResult:
         torch_config=TorchConfig(backend="nccl" if cfg.run.use_gpu else "gloo"),
         run_config=RunConfig(
             name=cfg.run.name,
-            storage_path=cfg.run.storage_path,
+            **storage.ray_storage(cfg.run.storage_path),
             failure_config=FailureConfig(max_failures=cfg.run.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.run.checkpoints_to_keep),
             callbacks=list(callbacks),
@@ -81,7 +86,7 @@ def worker_resources(cfg: Config) -> dict[str, float]:
     return {"CPU": cfg.run.cpus_per_worker, **({"GPU": 1} if cfg.run.use_gpu else {})}
 
 
-def finished(cfg: Config, run_dir: Path) -> TrainResult | None:
+def finished(cfg: Config, run_dir: Path | str) -> TrainResult | None:
     """The result of a run already trained to its last epoch with this very config, read back
     without starting any worker (so `make demo` run again prints its result at once); else None."""
     from omegaconf import OmegaConf
@@ -89,12 +94,14 @@ def finished(cfg: Config, run_dir: Path) -> TrainResult | None:
 
     from .checkpoint import SNAPSHOT
 
-    if not (run_dir / SNAPSHOT).is_file() or not (run_dir / "config.yaml").is_file():
+    config_file = storage.join(run_dir, "config.yaml")
+    if not storage.is_file(storage.join(run_dir, SNAPSHOT)) or not storage.is_file(config_file):
         return None
-    if OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml")) != redact_tree(to_container(cfg)):
+    if OmegaConf.to_container(OmegaConf.create(storage.read_text(config_file))) != redact_tree(to_container(cfg)):
         return None
+    where = storage.ray_storage(str(run_dir))
     try:
-        result = Result.from_path(str(run_dir))
+        result = Result.from_path(where["storage_path"], storage_filesystem=where.get("storage_filesystem"))
     except (RuntimeError, OSError, ValueError):
         return None
     if (result.metrics or {}).get("epoch") != cfg.optim.epochs - 1:
@@ -102,16 +109,15 @@ def finished(cfg: Config, run_dir: Path) -> TrainResult | None:
     return train_result(result, run_dir, trained=False)
 
 
-def train_result(result, run_dir: Path, trained: bool = True) -> TrainResult:
+def train_result(result, run_dir: Path | str, trained: bool = True) -> TrainResult:
     """The final report (report.json of the last checkpoint), checkpoint and metrics of a Ray result."""
-    report = None
+    report, path = None, None
     if result.checkpoint is not None:
-        with result.checkpoint.as_directory() as ckpt:
-            report_file = Path(ckpt) / "report.json"
-            if report_file.is_file():
-                report = EvalReport(**json.loads(report_file.read_text()))
-    return TrainResult(report, result.checkpoint.path if result.checkpoint else None, result.metrics, run_dir,
-                       trained)
+        path = storage.to_uri(result.checkpoint.filesystem, result.checkpoint.path)
+        report_file = storage.join(path, "report.json")
+        if storage.is_file(report_file):
+            report = EvalReport(**json.loads(storage.read_text(report_file)))
+    return TrainResult(report, path, result.metrics, run_dir, trained)
 
 
 LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
@@ -139,13 +145,20 @@ def init_ray(cfg: Config) -> bool:
     return True
 
 
+STORAGE_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION")
+"""Object-store settings the workers get from the driver: where, never who. Credentials
+(AWS_SECRET_ACCESS_KEY, ...) are not forwarded (Ray logs a job's runtime env): a local Ray instance's
+workers inherit them with the driver's environment, a cluster's nodes have their own (cluster/README.md)."""
+
+
 def worker_env(cfg: Config) -> dict[str, str]:
-    """Environment the workers need (DeepSpeed's accelerator, the tracking store)."""
+    """Environment the workers need (DeepSpeed's accelerator, the tracking store, the object store's endpoint)."""
     accelerator = os.environ.get("DS_ACCELERATOR", "cuda" if cfg.run.use_gpu else "cpu")
     env = {"DS_ACCELERATOR": accelerator, "PYTHONUNBUFFERED": "1",
            # an unreachable tracking server costs a request ~1 min, not MLflow's default ~5 (7 retries)
            "MLFLOW_HTTP_REQUEST_MAX_RETRIES": os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2"),
            "MLFLOW_HTTP_REQUEST_TIMEOUT": os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")}
+    env.update({k: os.environ[k] for k in STORAGE_ENV if os.environ.get(k)})
     # MLFLOW_TRACKING_URI is not forwarded: Ray logs a runtime env, and the URI may hold a password.
     # `run` puts it in the config, which reaches the workers unlogged and is redacted wherever written.
     return env
@@ -161,16 +174,16 @@ def main(argv=None) -> int:
         problem = server_problem(cfg)
         if problem:
             raise ConfigError([problem])
-    except ConfigError as err:
-        return err.print_lines("cascade_dist.train")
-    controlled = None
-    if cfg.run.control and cfg.optim.joint_epochs > 0 and cfg.run.warm_start is None:
-        from .control import run_with_control
+        controlled = None
+        if cfg.run.control and cfg.optim.joint_epochs > 0 and cfg.run.warm_start is None:
+            from .control import run_with_control
 
-        controlled = run_with_control(cfg, run)
-        result = controlled.cascade
-    else:
-        result = run(cfg)
+            controlled = run_with_control(cfg, run)
+            result = controlled.cascade
+        else:
+            result = run(cfg)
+    except ConfigError as err:  # also a node-local storage_path met on a multi-node cluster
+        return err.print_lines("cascade_dist.train")
     if result.report is None or (controlled and controlled.static.report is None):
         print("cascade_dist.train: the run produced no evaluation report", file=sys.stderr)
         return 1

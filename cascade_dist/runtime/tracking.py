@@ -1,7 +1,9 @@
 """MLflow, written from rank 0: params (the resolved config), per-epoch metrics, final artifacts.
 
 The store is `tracking.tracking_uri`, else $MLFLOW_TRACKING_URI, else a local sqlite store beside
-the run (`<storage_path>/mlflow.db`, artifacts in `<storage_path>/mlartifacts`): no server needed.
+the run (`<storage_path>/mlflow.db`): no server needed. With a sqlite store the artifacts go to
+`<storage_path>/mlartifacts`, also when that is an object store (s3://bucket/runs/mlartifacts); a
+storage_path on an object store needs a tracking URI of its own (no SQLite file can live there).
 A resumed run (same run id in the checkpoint) continues the same MLflow run.
 
 A tracking outage never stops training: metrics the server cannot take are kept in the run
@@ -22,6 +24,7 @@ import mlflow
 import numpy as np
 from mlflow.exceptions import MlflowException
 
+from ..data import storage
 from ..data.redact import redact_tree
 from .config import Config, save_config, to_container
 from ..method.evaluate import EvalReport
@@ -38,7 +41,10 @@ def tracking_uri(cfg: Config) -> str:
     variables), so MLflow never prints them ("View run at ...") and nothing logs them."""
     uri = cfg.tracking.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if not uri:
-        return f"sqlite:///{Path(cfg.run.storage_path).resolve() / 'mlflow.db'}"
+        root = storage.resolve_storage(cfg.run.storage_path)
+        if storage.is_uri(root):  # config validation says so first (`config._check_tracking_store`)
+            raise ValueError(f"tracking.tracking_uri: no default SQLite store on object storage ({root}): set one")
+        return f"sqlite:///{Path(root) / 'mlflow.db'}"
     parts = urlsplit(uri)
     if parts.scheme in ("http", "https") and "@" in parts.netloc:
         userinfo, _, host = parts.netloc.rpartition("@")
@@ -77,9 +83,18 @@ def ensure_experiment(cfg: Config) -> str:
     if exp is not None:
         return exp.experiment_id
     location = None
-    if tracking_uri(cfg).startswith("sqlite:"):
-        location = (Path(cfg.run.storage_path).resolve() / "mlartifacts").as_uri()
+    if tracking_uri(cfg).startswith("sqlite:"):  # a server keeps its own artifact store
+        location = artifact_location(cfg.run.storage_path)
     return mlflow.create_experiment(cfg.tracking.experiment, artifact_location=location)
+
+
+def artifact_location(storage_path: str) -> str:
+    """`<storage_path>/mlartifacts` as MLflow takes it: a `file://` URI for a local path, the
+    object-store URI itself for a remote one (MLflow writes s3:// through boto3, gs:// through
+    google-cloud-storage)."""
+    root = storage.resolve_storage(storage_path)
+    where = storage.join(root, "mlartifacts")
+    return where if storage.is_uri(where) else Path(where).as_uri()
 
 
 def flatten(tree: dict, prefix: str = "") -> dict[str, str]:
@@ -99,7 +114,7 @@ class RunTracker:
 
     def __init__(self, cfg: Config, run_id: str | None = None, spool_dir: str | Path | None = None):
         self.cfg = cfg
-        self.spool = Path(spool_dir) / UNSENT if spool_dir is not None else None
+        self.spool = storage.join(spool_dir, UNSENT) if spool_dir is not None else None
         experiment_id = ensure_experiment(cfg)
         tags = {"mlflow.parentRunId": cfg.tracking.parent_run_id} if cfg.tracking.parent_run_id else None
         self.run = mlflow.start_run(run_id=run_id, experiment_id=experiment_id, run_name=None if run_id else cfg.run.name, tags=tags)
@@ -119,9 +134,7 @@ class RunTracker:
         except OUTAGE as err:
             if self.spool is None:
                 raise
-            self.spool.parent.mkdir(parents=True, exist_ok=True)
-            with self.spool.open("a") as f:
-                f.write(json.dumps({"run_id": self.run_id, "step": epoch, "metrics": values}) + "\n")
+            storage.append_text(self.spool, json.dumps({"run_id": self.run_id, "step": epoch, "metrics": values}) + "\n")
             log.warning("tracking server unreachable (%s): epoch %d's metrics kept in %s, re-sent on resume",
                         type(err).__name__, epoch, self.spool)
 
@@ -156,13 +169,12 @@ class RunTracker:
 def resend_unsent(spool: str | Path, run_id: str | None = None) -> int:
     """Send the metrics an outage kept in `spool` (an `unsent_metrics.jsonl`) to the current
     tracking store, then remove the file; returns how many epochs were sent."""
-    spool = Path(spool)
-    if not spool.is_file():
+    if not storage.is_file(spool):
         return 0
-    records = [json.loads(line) for line in spool.read_text().splitlines() if line.strip()]
+    records = [json.loads(line) for line in storage.read_text(spool).splitlines() if line.strip()]
     for rec in records:
         mlflow.log_metrics(rec["metrics"], step=rec["step"], run_id=run_id or rec["run_id"])
-    spool.unlink()
+    storage.delete(spool)
     log.warning("re-sent %d epoch(s) of metrics kept in %s", len(records), spool)
     return len(records)
 

@@ -19,7 +19,7 @@ import ray.train
 import torch
 import torch.distributed as dist
 
-from ..data import make_loader
+from ..data import make_loader, storage
 from ..method.evaluate import evaluate
 from ..method.training import build_optimizer, make_budget, set_schedule_position, train_epoch
 from .checkpoint import load_engine_state, resume_engine_state, save_engine_state
@@ -132,7 +132,8 @@ def train_loop_per_worker(config: dict) -> None:
         start_epoch, tracking_state, alpha = state["epoch"] + 1, state["tracking"], state.get("alpha")
     elif cfg.run.warm_start:
         same_optimizer = warm_start_optimizer(cfg.run.warm_start) == cfg.optim.optimizer
-        state = load_engine_state(engine, cfg.run.warm_start, scheduler, rank, module_only=not same_optimizer)
+        with storage.local_copy(cfg.run.warm_start) as warm_dir:  # a URI checkpoint: a temporary local copy
+            state = load_engine_state(engine, warm_dir, scheduler, rank, module_only=not same_optimizer)
         start_epoch = state["epoch"] + 1  # tracking state not taken: this run gets its own MLflow run
         scheduler.last_epoch = start_epoch  # (the warm-up's schedule position, also when only its weights load)
         _reset_learning_rates(scheduler, cfg)
@@ -143,7 +144,8 @@ def train_loop_per_worker(config: dict) -> None:
                                augment=None if cfg.data.augment else False, **loader_kw)
     eval_loader = make_loader(cfg.data.shards, cfg.data.eval_split, cfg.data.eval_batch_size, train=False, **loader_kw)
     held_out = None
-    if cfg.objective.budget is not None and (Path(cfg.data.shards) / cfg.data.calibration_split / "manifest.json").is_file():
+    if cfg.objective.budget is not None and storage.is_file(storage.join(cfg.data.shards, cfg.data.calibration_split,
+                                                                         "manifest.json")):
         held_out = make_loader(cfg.data.shards, cfg.data.calibration_split, cfg.data.eval_batch_size, train=False,
                                **loader_kw)
     generator = torch.Generator(device=device).manual_seed(cfg.run.seed * 1000 + rank)
@@ -153,8 +155,8 @@ def train_loop_per_worker(config: dict) -> None:
     if rank == 0 and cfg.tracking.enabled:
         from .tracking import RunTracker
 
-        local_run_dir = None if "://" in cfg.run.storage_path else Path(cfg.run.storage_path) / cfg.run.name
-        tracker = RunTracker(cfg, run_id=tracking_state.get("run_id"), spool_dir=local_run_dir)
+        tracker = RunTracker(cfg, run_id=tracking_state.get("run_id"),
+                             spool_dir=storage.join(cfg.run.storage_path, cfg.run.name))
 
     report = None
     for epoch in range(start_epoch, cfg.optim.epochs):
@@ -199,9 +201,9 @@ def warm_start_optimizer(checkpoint: str) -> str | None:
     """The optimiser of the run that wrote a warm-start checkpoint (from its config.yaml)."""
     from omegaconf import OmegaConf
 
-    for candidate in (Path(checkpoint) / "config.yaml", Path(checkpoint).parent / "config.yaml"):
-        if candidate.is_file():
-            return OmegaConf.load(candidate).get("optim", {}).get("optimizer")
+    for candidate in (storage.join(checkpoint, "config.yaml"), storage.join(storage.parent(checkpoint), "config.yaml")):
+        if storage.is_file(candidate):
+            return OmegaConf.create(storage.read_text(candidate)).get("optim", {}).get("optimizer")
     return None
 
 
@@ -238,10 +240,9 @@ def _maybe_inject_fault(cfg: Config, epoch: int, rank: int) -> None:
         return
     if rank != ray.train.get_context().get_world_size() - 1:
         return
-    marker = Path(cfg.run.storage_path).resolve() / cfg.run.name / FAULT_MARKER
-    if marker.exists():
+    marker = storage.join(storage.resolve_storage(cfg.run.storage_path), cfg.run.name, FAULT_MARKER)
+    if storage.is_file(marker):
         return
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.write_text(f"worker rank {rank} killed at the start of epoch {epoch}\n")
+    storage.write_text(marker, f"worker rank {rank} killed at the start of epoch {epoch}\n")
     time.sleep(5)
     os._exit(1)

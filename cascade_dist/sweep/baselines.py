@@ -26,6 +26,7 @@ from typing import Sequence
 
 import torch
 
+from ..data import storage
 from ..inference.calibration import calibrate
 from ..method.exit_rule import ExitRule
 from ..method.exit_table import ExitTable
@@ -82,7 +83,7 @@ def default_budgets(macs: CascadeMACs, n: int = 20) -> list[float]:
 
 def held_out_problem(cfg, split: str) -> str | None:
     """Why `split` cannot hold out the thresholds' tuning (one line naming the option), or None."""
-    if (Path(cfg.data.shards) / split / "manifest.json").is_file():
+    if storage.is_file(storage.join(cfg.data.shards, split, "manifest.json")):
         return None
     hint = (" (build the shards with --val-split, or pass --held-out-split train to tune on the training "
             "split: an explicit, optimistic choice)") if split == "val" else ""

@@ -26,12 +26,14 @@ import math
 import os
 import shlex
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from ..data import storage
 from ..data.redact import redact, redact_tree
 from ..runtime import launch
 from ..runtime.config import DEFAULT_CONFIG, Config, ConfigError, load_config, shipped_configs, to_container
@@ -171,8 +173,8 @@ def sweep(cfg: Config, args: argparse.Namespace, command: str) -> int:
     import ray
 
 
-    cfg.run.storage_path = str(Path(cfg.run.storage_path).resolve())
-    cfg.data.shards = str(Path(cfg.data.shards).resolve())
+    cfg.run.storage_path = storage.resolve_storage(cfg.run.storage_path)
+    cfg.data.shards = storage.resolve_storage(cfg.data.shards)
     previous_uri = mlflow.get_tracking_uri()  # ensure_experiment sets it process-wide: restored below
     own_ray = launch.init_ray(cfg)
     try:
@@ -233,11 +235,12 @@ def warm_start_problem(cfg: Config, args: argparse.Namespace) -> str | None:
         return None
     if args.no_shared_warmup:
         return "run.warm_start: is the sweep's shared warm-up; drop it or --no-shared-warmup"
-    path = Path(cfg.run.warm_start)
-    run_config = next((c for c in (path / "config.yaml", path.parent / "config.yaml") if c.is_file()), None)
+    path = storage.resolve_storage(cfg.run.warm_start)
+    candidates = (storage.join(path, "config.yaml"), storage.join(storage.parent(path), "config.yaml"))
+    run_config = next((c for c in candidates if storage.is_file(c)), None)
     if run_config is None:
         return f"run.warm_start: no config.yaml in or beside {path} (the warm-up run's config)"
-    warm = OmegaConf.to_container(OmegaConf.load(run_config))
+    warm = OmegaConf.to_container(OmegaConf.create(storage.read_text(run_config)))
     expected = {"optim.joint_epochs": 0, "optim.warmup_epochs": cfg.optim.warmup_epochs,
                 "model.classifiers": list(cfg.model.classifiers)}
     for key, value in expected.items():
@@ -255,10 +258,10 @@ def shared_warmup(s: Sweep):
     from ..runtime.control import warmup_config
 
     if s.cfg.run.warm_start is not None:
-        ckpt = Path(s.cfg.run.warm_start).resolve()
+        ckpt = storage.resolve_storage(s.cfg.run.warm_start)
         print(f"{PROG}: warm-up reused from run.warm_start: {ckpt}", flush=True)
         n = len(s.args.variants) * len(s.args.alphas) * len(s.policy_lrs)
-        return launch.TrainResult(None, str(ckpt), None, ckpt.parent, trained=False), {
+        return launch.TrainResult(None, ckpt, None, storage.location(storage.parent(ckpt)), trained=False), {
             "seconds": 0.0, "epochs": s.cfg.optim.warmup_epochs, "trials": n, "shared": True, "reused": True,
             "checkpoint": str(ckpt), "saved_s": 0.0}
 
@@ -313,7 +316,9 @@ def finish(s: Sweep, warmup: dict, baselines: dict, budget: dict | None) -> int:
     from .report import write_report
 
     args, cfg = s.args, s.cfg
-    out = Path(args.out).resolve() if args.out else Path(cfg.run.storage_path) / args.name / "report"
+    out = storage.location(storage.resolve_storage(args.out) if args.out else
+                           storage.join(cfg.run.storage_path, args.name, "report"))
+    written = Path(tempfile.mkdtemp(prefix="sweep_report_")) if storage.is_uri(out) else out  # then uploaded
     children = {r.info.run_name: r.info.run_id for r in s.client.search_runs(
         [s.experiment_id], f"tags.mlflow.parentRunId = '{s.parent_run_id}'", max_results=1000)}
     for t in s.trials:
@@ -327,8 +332,10 @@ def finish(s: Sweep, warmup: dict, baselines: dict, budget: dict | None) -> int:
         "warmup": warmup, **baselines, "trials": s.trials, "budget": budget, "errors": s.errors,
         "mlflow_parent_run_id": s.parent_run_id, "notes": _notes(cfg, args, s.errors, s.trials),
     }
-    paths = write_report(out, summary)
-    s.client.log_artifacts(s.parent_run_id, str(out))
+    paths = write_report(written, summary)
+    s.client.log_artifacts(s.parent_run_id, str(written))
+    if written != out:
+        storage.copy_tree(written, out)
     report = json.loads(paths["json"].read_text())
     metrics = {"wall_clock_s": wall, "warmup_s": warmup["seconds"], "time_saved_s": warmup["saved_s"],
                "n_trials": len(s.trials), "n_failed": len(s.errors), "pareto_size": len(report["pareto_front"])}

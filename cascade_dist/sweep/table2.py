@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+from ..data import storage
 from ..data.redact import redact
 from ..runtime import launch
 from ..runtime.config import ConfigError, load_config
@@ -47,7 +48,7 @@ def main(argv=None) -> int:
         cfg = load_config(args.config, args.overrides)
     except ConfigError as err:
         return err.print_lines(PROG)
-    if not (Path(cfg.data.shards) / args.held_out_split / "manifest.json").is_file():
+    if not storage.is_file(storage.join(cfg.data.shards, args.held_out_split, "manifest.json")):
         print(f"{PROG}: error: --held-out-split: no split {args.held_out_split!r} under {cfg.data.shards} "
               f"(build the shards with --val-split)", file=sys.stderr)
         return 2
@@ -58,8 +59,8 @@ def main(argv=None) -> int:
 def protocol(cfg, args, command: str) -> int:
 
     start = time.perf_counter()
-    cfg.run.storage_path = str(Path(cfg.run.storage_path).resolve())
-    cfg.data.shards = str(Path(cfg.data.shards).resolve())
+    cfg.run.storage_path = storage.resolve_storage(cfg.run.storage_path)
+    cfg.data.shards = storage.resolve_storage(cfg.data.shards)
     recipes = [r for r in RECIPES if r.name in args.recipes]
     launch.init_ray(cfg)
     seeds, static = {}, {}

@@ -13,9 +13,9 @@ import copy
 import json
 import math
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from ..data import storage
 from ..runtime.config import Config, from_container
 from .pareto import Point, best_under_budget
 
@@ -149,7 +149,7 @@ def run_trials(specs: Sequence[TrialSpec], base: dict, ctx: SweepContext, max_co
         tune.with_resources(trainable, {"CPU": 0, "memory": 1}),
         param_space={"point": tune.grid_search(list(range(len(specs))))},
         tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent, reuse_actors=False, scheduler=scheduler),
-        run_config=tune.RunConfig(name=f"{ctx.name}-tune-{round_}", storage_path=str(Path(base["run"]["storage_path"]) / "tune"),
+        run_config=tune.RunConfig(name=f"{ctx.name}-tune-{round_}", **storage.ray_storage(storage.join(base["run"]["storage_path"], "tune")),
                                   verbose=0),
     )
     planned = base["optim"]["joint_epochs"]
@@ -159,7 +159,7 @@ def run_trials(specs: Sequence[TrialSpec], base: dict, ctx: SweepContext, max_co
         if res.error or "accuracy" not in m or not m.get("checkpoint_path"):
             errors.append(f"{run_name(ctx.name, spec)}: {res.error or 'no epoch reported'}")
             continue
-        report = json.loads((Path(m["checkpoint_path"]) / "report.json").read_text())
+        report = json.loads(storage.read_text(storage.join(m["checkpoint_path"], "report.json")))
         joint = int(m.get("joint_epoch", planned))
         trials.append(Trial(spec, m["run_name"], report["accuracy"], report["cost_pct"], report["exit_fractions"],
                             report["sweep"], m.get("alpha_end", spec.alpha), m.get("trial_seconds"),

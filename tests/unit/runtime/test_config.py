@@ -35,6 +35,7 @@ def test_shipped_configs_load(name):
         ("data.batch_size=100000", "data.batch_size: 100000 exceeds a rank's share"),
         ("tracking.tracking_uri=ftp://x", "tracking.tracking_uri: unsupported scheme 'ftp'"),
         ("run.name=..", "run.name: must be a non-empty name"),
+        ("run.storage_path=ftp://host/runs", "run.storage_path: unsupported scheme 'ftp' in 'ftp://host/runs'"),
         ("model.image_size=32", "model.image_size: 32 but"),
         ("model.in_channels=3", "model.in_channels: 3 but"),
         ("data.on_error=skip", "data.on_error: 'skip' is not supported by data.backend='dali'"),
@@ -94,3 +95,22 @@ def test_bf16_is_allowed_on_cpu_workers_and_reaches_deepspeed():
     assert cfg.run.bf16 and not cfg.run.use_gpu
     ds = deepspeed_config(cfg)
     assert ds["bf16"] == {"enabled": True} and ds["fp16"] == {"enabled": False}
+
+
+def test_object_store_options_are_checked_before_any_worker(small_fashion_mnist_shards, capsys, monkeypatch):
+    """An s3:// storage_path with the default (SQLite) tracking store, and s3:// shards with DALI:
+    one line each, naming the option to set, exit 2 before Ray starts."""
+    import ray
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    rc = main(["--config", "demo", f"data.shards={small_fashion_mnist_shards}", "run.storage_path=s3://bucket/runs"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1, err
+    assert err[0].startswith("cascade_dist.train: config error: tracking.tracking_uri: run.storage_path=s3://bucket/runs")
+    cfg = load_config("demo", ["run.storage_path=s3://bucket/runs", "tracking.enabled=false"], check_data=False)
+    assert cfg.run.storage_path == "s3://bucket/runs"  # no tracking: nothing to refuse
+    with pytest.raises(ConfigError, match=r"^data\.shards: s3://bucket/shards is on object storage, and data\.backend="
+                                          r"dali reads local files only: stage .*`python -m data_shards stage "
+                                          r"s3://bucket/shards /local/shards`"):
+        load_config("demo", ["data.shards=s3://bucket/shards", "data.backend=dali"], check_data=False)
+    assert not ray.is_initialized()

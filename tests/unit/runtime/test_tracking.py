@@ -25,3 +25,10 @@ def test_http_credentials_move_to_mlflows_variables(monkeypatch):
     cfg = load_config("demo", ["tracking.tracking_uri=https://al%40ce:Zq7hunter2@mlflow.example:8443/base"], check_data=False)
     assert tracking_uri(cfg) == "https://mlflow.example:8443/base"
     assert os.environ["MLFLOW_TRACKING_USERNAME"] == "al@ce" and os.environ["MLFLOW_TRACKING_PASSWORD"] == "Zq7hunter2"
+
+
+def test_artifacts_go_under_the_storage_path_local_or_remote(tmp_path):
+    from cascade_dist.runtime.tracking import artifact_location
+
+    assert artifact_location(str(tmp_path / "runs")) == (tmp_path / "runs" / "mlartifacts").as_uri()
+    assert artifact_location("s3://bucket/runs/") == "s3://bucket/runs/mlartifacts"  # not file:///cwd/s3:/...
