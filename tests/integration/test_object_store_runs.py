@@ -113,4 +113,6 @@ def test_predict_reads_the_s3_checkpoint_and_its_s3_shards(s3_run, tmp_path):
     assert rc == 0  # shards and backend from the run's config: s3://runs-bucket/shards, torch
     result = json.loads((tmp_path / "predict.json").read_text())
     saved = json.loads(storage.read_text(storage.join(sorted(checkpoints(run_dir))[-1], "report.json")))
-    assert result["num_samples"] == 500 and result["dense_report"]["accuracy"] == saved["accuracy"]
+    # the early-exit pass (no --dense) gives the accuracy the run's own evaluation saved
+    assert result["num_samples"] == 500 and result["dense_report"] is None
+    assert result["accuracy"] == pytest.approx(saved["accuracy"], abs=1e-9)  # one image is 2e-3
