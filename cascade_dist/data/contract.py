@@ -17,6 +17,7 @@ reads different samples each epoch.
 from __future__ import annotations
 
 import math
+import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,6 +131,30 @@ def rank_range(num_samples: int, rank: int, world_size: int) -> tuple[int, int]:
     return num_samples * rank // world_size, num_samples * (rank + 1) // world_size
 
 
+def mix_seed(*parts: int) -> int:
+    """One seed from several integers (run seed, epoch, rank, worker...), the same in every process."""
+    h = 0
+    for p in parts:
+        h = (h * 1_000_003 + int(p) + 1) % (2**61 - 1)
+    return h
+
+
+def shard_order(num_shards: int, seed: int, epoch: int, train: bool) -> list[int]:
+    """The order the split's shards are read in: as written for evaluation; in training shuffled
+    by (seed, epoch), the same on every rank and in every process (a resumed run included)."""
+    order = list(range(num_shards))
+    if train:
+        random.Random(mix_seed(seed, epoch)).shuffle(order)
+    return order
+
+
+def sample_key(source: str) -> str:
+    """A sample's webdataset key from where a reader found it (`shard.tar:offset:key.png`, DALI's
+    source_info, or a plain key)."""
+    name = source.rsplit(":", 1)[-1].rsplit("/", 1)[-1]
+    return name.split(".", 1)[0]
+
+
 def batches_per_epoch(num_samples: int, rank: int, world_size: int, batch_size: int, train: bool) -> int:
     if train:  # the same on every rank: the smallest rank range, partial batch dropped
         return (num_samples // world_size) // batch_size
@@ -170,6 +195,10 @@ class Loader:
         self.norm = Normalization.from_manifest(info.manifest)
         self.on_error = on_error
         self.epoch = 0
+        self.start_batch = 0
+        self.track_keys = False
+        """Set True to have `last_keys` hold the sample keys of the batch last yielded."""
+        self.last_keys: list[str] | None = None
         self.skipped = 0  # bad samples skipped so far (on_error="skip")
         self.num_classes = int(info.manifest.num_classes)
         if self.spec.output_size(info.manifest.image_size) is None:
@@ -178,9 +207,18 @@ class Loader:
                 f"augmentation {spec} cannot make equal-sized batches: add resize+center_crop or random_resized_crop"
             )
 
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch (the seed of its shard order and shuffle). Call before iterating."""
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Select the epoch (the seed of its shard order, shuffle and augmentation) and the first
+        batch to yield. Call before iterating.
+
+        `start_batch` > 0 resumes mid-epoch: the batches before it are read and dropped, so the
+        rest is exactly what the uninterrupted epoch yields from there (orders and augmentations
+        are functions of seed, epoch, rank and position only). The dropped batches cost their
+        decoding, not a training step."""
+        if not 0 <= int(start_batch) <= len(self):
+            raise ValueError(f"start_batch {start_batch} is not in [0, {len(self)}] (batches in this epoch)")
         self.epoch = int(epoch)
+        self.start_batch = int(start_batch)
 
     def __len__(self) -> int:
         return batches_per_epoch(self.info.num_samples, self.rank, self.world_size, self.batch_size, self.train)

@@ -7,10 +7,12 @@ pipeline (``device_id=None``) that runs everything on DALI's CPU thread pool.
 Sharding and epochs
   * ``shard_id``/``num_shards`` = rank/world size: DALI splits the split's samples (in shard order)
     into contiguous per-rank ranges (see :mod:`cascade_dist.data.contract`).
-  * Training: ``random_shuffle`` (a shuffle buffer of ``initial_fill`` samples, seeded per rank) and
-    ``shuffle_after_epoch`` (the order of the tar files is reshuffled after every epoch with
-    ``shuffle_after_epoch_seed`` = the run's seed, identical on all ranks); the epoch-to-epoch
-    reshuffle is DALI's, so :meth:`DaliLoader.set_epoch` only records the epoch.
+  * Training: one pipeline per epoch, reading the tar files in the epoch's order
+    (:func:`~cascade_dist.data.contract.shard_order`: shuffled by seed and epoch, identical on all
+    ranks), with ``random_shuffle`` (a shuffle buffer of ``initial_fill`` samples) and the random
+    augmentation seeded by (seed, epoch, rank). Epoch e's batches are therefore the same in a fresh
+    process as in the run that got there (a resumed run replays them exactly, `set_epoch`'s
+    ``start_batch``), which DALI's own ``shuffle_after_epoch`` counter would not give.
     Last-batch policy **DROP**: every rank yields ``floor(floor(N/W)/B)`` full batches per epoch
     (the partial batch and, on ranks holding one sample more, that sample are dropped).
   * Evaluation: no shuffle, ``stick_to_shard``, ``pad_last_batch`` with last-batch policy
@@ -48,7 +50,7 @@ import torch
 
 from .augment import AugmentSpec, Normalization
 from .checksums import decode_checked
-from .contract import DataError, Loader, explain_index_error, rank_range
+from .contract import DataError, Loader, explain_index_error, mix_seed, rank_range, sample_key, shard_order
 from .manifest import ShardError
 
 __all__ = ["DaliLoader", "build_pipeline"]
@@ -95,7 +97,7 @@ def build_pipeline(
     """The DALI pipeline: returns (images float CHW normalised, labels int64 scalar, source_info)."""
     fn, pipeline_def, types, _, _ = _dali()
     gpu = device_id is not None
-    # Reader and random ops get per-rank seeds; the shard-order shuffle one seed shared by all ranks.
+    # Reader and random ops get per-rank seeds (the shard order is the caller's: `paths`).
     rank_seed = (seed * 1_000_003 + shard_id * 7919 + 1) % (2**31 - 1)
 
     @pipeline_def(
@@ -106,8 +108,7 @@ def build_pipeline(
         prefetch_queue_depth=2,
     )
     def pipeline():
-        reader_kw = dict(random_shuffle=True, initial_fill=_SHUFFLE_BUFFER, shuffle_after_epoch=True,
-                         shuffle_after_epoch_seed=seed % (2**31 - 1)) if train else dict(stick_to_shard=True)
+        reader_kw = dict(random_shuffle=True, initial_fill=_SHUFFLE_BUFFER) if train else dict(stick_to_shard=True)
         encoded, label = fn.readers.webdataset(
             paths=paths,
             index_paths=index_paths,
@@ -187,6 +188,7 @@ class DaliLoader(Loader):
         if self._gpu and not torch.cuda.is_available():
             raise RuntimeError(f"device={self.device} requested for the DALI loader but CUDA is not available")
         self._iterator = None
+        self._built_epoch: int | None = None
         self._mid_epoch = False
 
     # -- building -------------------------------------------------------------------------------
@@ -197,10 +199,11 @@ class DaliLoader(Loader):
         if self._gpu:
             device_id = self.device.index if self.device.index is not None else torch.cuda.current_device()
         image_size = tuple(info.manifest.image_size) if info.manifest.image_size else None
+        order = shard_order(len(info.shard_paths), self.seed, self.epoch, self.train)
         try:
             pipe = build_pipeline(
-                paths=[str(p) for p in info.shard_paths],
-                index_paths=[str(p) for p in info.index_paths],
+                paths=[str(info.shard_paths[i]) for i in order],
+                index_paths=[str(info.index_paths[i]) for i in order],
                 spec=self.spec,
                 norm=self.norm,
                 image_size=image_size,
@@ -209,7 +212,7 @@ class DaliLoader(Loader):
                 train=self.train,
                 shard_id=self.rank,
                 num_shards=self.world_size,
-                seed=self.seed,
+                seed=mix_seed(self.seed, self.epoch) % (2**31 - 1) if self.train else self.seed,
                 num_threads=self.num_workers,
                 device_id=device_id,
             )
@@ -274,8 +277,10 @@ class DaliLoader(Loader):
         self._mid_epoch = False
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if self.train and self._built_epoch != self.epoch:
+            self._iterator = None  # training: the epoch's own pipeline (its shard order and seeds)
         if self._iterator is None:
-            self._iterator = self._build()
+            self._iterator, self._built_epoch = self._build(), self.epoch
         self._drain()  # a previous epoch left unfinished (the caller broke out of the loop)
         it, n = self._iterator, len(self)
         self._mid_epoch = True
@@ -287,11 +292,16 @@ class DaliLoader(Loader):
                 break
             if produced >= n:  # DROP: ranks with one sample more read one batch more; drop it
                 continue
+            produced += 1
+            if produced <= self.start_batch:  # resuming mid-epoch: read before the checkpoint
+                continue
             labels = out["labels"]
             source = out["source"]
-            self.check_labels(labels, lambda i: bytes(source[i].numpy()).rstrip(b"\0").decode(errors="replace"))
+            where = lambda i: bytes(source[i].numpy()).rstrip(b"\0").decode(errors="replace")  # noqa: E731
+            self.check_labels(labels, where)
+            if self.track_keys:
+                self.last_keys = [sample_key(where(i)) for i in range(len(labels))]
             images = out["images"]
-            produced += 1
             yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
         self._mid_epoch = False
 

@@ -49,7 +49,7 @@ from torchvision.transforms import v2
 
 from . import storage
 from .augment import AugmentSpec, Normalization
-from .contract import DataError, Loader, rank_range
+from .contract import DataError, Loader, mix_seed, rank_range, shard_order
 from .manifest import ShardError, decode_label
 
 __all__ = ["TorchLoader", "build_transform"]
@@ -76,13 +76,6 @@ def build_transform(spec: AugmentSpec) -> v2.Transform:
     if spec.flip:
         steps.append(v2.RandomHorizontalFlip(0.5))
     return v2.Compose(steps or [v2.Identity()])
-
-
-def _seed(*parts: int) -> int:
-    h = 0
-    for p in parts:
-        h = (h * 1_000_003 + int(p) + 1) % (2**61 - 1)
-    return h
 
 
 def _split(begin: int, end: int, parts: int) -> list[tuple[int, int]]:
@@ -135,12 +128,12 @@ class _RankStream(IterableDataset):
         self.inv_std = 1.0 / torch.tensor(norm.std255, dtype=torch.float64).view(-1, 1, 1).float()
 
     def __iter__(self):
-        """Yields (images, labels, skipped, error): a DataError in a worker comes back as its
+        """Yields (images, labels, keys, skipped, error): a DataError in a worker comes back as its
         message in ``error`` (re-raised by the main process without the worker's traceback)."""
         try:
             yield from self._batches()
         except DataError as err:
-            yield torch.empty(0), torch.empty(0, dtype=torch.int64), 0, str(err)
+            yield torch.empty(0), torch.empty(0, dtype=torch.int64), [], 0, str(err)
 
     def _batches(self):
         info = get_worker_info()
@@ -150,11 +143,11 @@ class _RankStream(IterableDataset):
         skips = _SkipCounter(self.on_error)
         stages = [lambda: iter(self.worker_pieces[worker]), lambda pieces: _read_pieces(pieces, skips)]
         if self.shuffle:
-            rng = random.Random(_seed(self.seed, worker, 1))
+            rng = random.Random(mix_seed(self.seed, worker, 1))
             stages.append(wds.shuffle(_SHUFFLE_BUFFER, _SHUFFLE_INITIAL, rng=rng))
         samples = iter(wds.DataPipeline(*stages))
         transform = build_transform(self.spec)
-        rng_state = torch.Generator().manual_seed(_seed(self.seed, worker, 2) % (2**63)).get_state()
+        rng_state = torch.Generator().manual_seed(mix_seed(self.seed, worker, 2) % (2**63)).get_state()
         while True:
             chunk = list(itertools.islice(samples, self.batch_size))
             if not chunk and not skips.count:
@@ -162,7 +155,7 @@ class _RankStream(IterableDataset):
             # The transforms draw from torch's global RNG: swap in this stream's own state.
             with torch.random.fork_rng(devices=[]):
                 torch.set_rng_state(rng_state)
-                images, labels = [], []
+                images, labels, keys = [], [], []
                 for sample in chunk:
                     try:
                         image, label = self._decode(sample)
@@ -172,6 +165,7 @@ class _RankStream(IterableDataset):
                         continue
                     images.append(image)
                     labels.append(label)
+                    keys.append(str(sample.get("__key__")))
                 rng_state = torch.get_rng_state()
             skipped, skips.count = skips.count, 0
             if images:
@@ -180,7 +174,7 @@ class _RankStream(IterableDataset):
             else:
                 x = torch.empty(0, dtype=torch.float32)
                 y = torch.empty(0, dtype=torch.int64)
-            yield x, y, skipped, ""
+            yield x, y, keys, skipped, ""
             if not chunk:
                 return
 
@@ -291,9 +285,7 @@ class TorchLoader(Loader):
 
     def _epoch_worker_pieces(self) -> list[list[tuple[str, str, int, int]]]:
         info = self.info
-        order = list(range(len(info.shard_paths)))
-        if self.train:
-            random.Random(_seed(self.seed, self.epoch)).shuffle(order)
+        order = shard_order(len(info.shard_paths), self.seed, self.epoch, self.train)
         begin, end = rank_range(info.num_samples, self.rank, self.world_size)
         workers = max(1, min(self.num_workers, end - begin))
         starts = list(itertools.accumulate((info.shard_counts[i] for i in order), initial=0))
@@ -318,7 +310,7 @@ class TorchLoader(Loader):
             num_classes=self.num_classes,
             batch_size=self.batch_size,
             shuffle=self.train,
-            seed=_seed(self.seed, self.epoch, self.rank),
+            seed=mix_seed(self.seed, self.epoch, self.rank),
             on_error=self.on_error,
         )
         workers = len(worker_pieces) if self.num_workers > 0 else 0
@@ -331,7 +323,10 @@ class TorchLoader(Loader):
         )
         batches = iter(loader)
         try:
-            yield from self._rebatch(batches)
+            for x, y, keys in itertools.islice(self._rebatch(batches), self.start_batch, None):
+                if self.track_keys:
+                    self.last_keys = keys
+                yield x, y
         finally:
             # Stop the workers now, also when the caller breaks out or an error's traceback keeps
             # this frame alive (else they linger until garbage collection, and workers forked
@@ -340,39 +335,43 @@ class TorchLoader(Loader):
             if shutdown is not None:
                 shutdown()
 
-    def _rebatch(self, batches) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """The workers' batches cut to exactly batch_size (train: at most len(self) of them)."""
+    def _rebatch(self, batches) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[str]]]:
+        """The workers' batches cut to exactly batch_size (train: at most len(self) of them), with
+        their sample keys."""
         limit = len(self) if self.train else None
         produced = 0
         pend_x: list[torch.Tensor] = []
         pend_y: list[torch.Tensor] = []
+        pend_k: list[str] = []
         pending = 0
         B = self.batch_size
-        for x, y, skipped, error in batches:
+        for x, y, keys, skipped, error in batches:
             if error:
                 raise DataError(error)
             self.skipped += int(skipped)
             if len(y) == 0:
                 continue
             if pending == 0 and len(y) == B:  # the common case: a worker's full batch, no copy
-                yield self._to_device(x, y)
+                yield *self._to_device(x, y), keys
                 produced += 1
                 if limit is not None and produced >= limit:
                     return
                 continue
             pend_x.append(x)
             pend_y.append(y)
+            pend_k += keys
             pending += len(y)
             while pending >= B:
                 xs, ys = torch.cat(pend_x), torch.cat(pend_y)
                 pending = len(ys) - B
                 pend_x, pend_y = ([xs[B:]], [ys[B:]]) if pending else ([], [])
-                yield self._to_device(xs[:B], ys[:B])
+                ks, pend_k = pend_k[:B], pend_k[B:]
+                yield *self._to_device(xs[:B], ys[:B]), ks
                 produced += 1
                 if limit is not None and produced >= limit:
                     return
         if pending and not self.train:
-            yield self._to_device(torch.cat(pend_x), torch.cat(pend_y))
+            yield *self._to_device(torch.cat(pend_x), torch.cat(pend_y)), pend_k
 
     def _to_device(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.device.type == "cpu":

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
-from typing import Iterable, Iterator, Literal, Optional
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Iterator, Literal, Optional
 
 import torch
 from torch import nn
@@ -195,6 +195,17 @@ def set_train_mode(engine, cfg: OptimConfig, epoch: int) -> None:
         unwrap(engine).classifiers.eval()
 
 
+@dataclass
+class EpochProgress:
+    """How far an epoch has got: its steps done, images seen, seconds spent and the sums of each
+    step statistic. A step checkpoint saves it; `train_epoch` resumed from it continues the sums."""
+
+    steps: int = 0
+    seen: int = 0
+    seconds: float = 0.0
+    totals: dict[str, float] = field(default_factory=dict)
+
+
 def train_epoch(
     engine,
     loader: Iterable,
@@ -208,21 +219,26 @@ def train_epoch(
     step_log: list[dict] | None = None,
     budget: CostBudget | None = None,
     scheduler: torch.optim.lr_scheduler.LambdaLR | None = None,
+    position: EpochProgress | None = None,
+    on_step: Callable[[EpochProgress], None] | None = None,
 ) -> dict[str, float]:
     """One epoch of `training_step`s; returns the mean of each statistic and images/s.
 
     `step_log`, when given, receives every step's statistics (loss, reward, baseline, ...);
     `budget`, in joint epochs, moves α by dual ascent after every step; `scheduler` (the epoch-wise
     `build_optimizer` one) sets the LRs at epoch + step/steps before every step when the loader's
-    length is known.
+    length is known. `position`: the progress of an epoch resumed mid-way (the loader then yields
+    from batch `position.steps` on, `Loader.set_epoch`); `on_step(position)` runs after every step
+    (the step checkpoints).
     """
     phase = optim.phase(epoch)
     set_train_mode(engine, optim, epoch)
-    totals: dict[str, float] = {}
-    seen, steps, start = 0, 0, time.perf_counter()
+    position = position or EpochProgress()
+    totals = position.totals
+    seen, steps, start = position.seen, position.steps, time.perf_counter() - position.seconds
     total = _len(loader)
     bar = tqdm(in_lockstep(loader, all_reduce), desc=f"epoch {epoch} ({phase})", disable=not progress,
-               mininterval=5, total=total)
+               mininterval=5, total=total, initial=steps)
     for images, targets in bar:
         if scheduler is not None and total:
             set_schedule_position(scheduler, epoch + min(steps / total, 1.0))
@@ -238,6 +254,8 @@ def train_epoch(
             totals[key] = totals.get(key, 0.0) + value
         seen, steps = seen + len(targets), steps + 1
         bar.set_postfix(loss=f"{stats['loss']:.3f}", img_s=f"{seen / (time.perf_counter() - start):.0f}", refresh=False)
+        if on_step is not None:
+            on_step(EpochProgress(steps, seen, time.perf_counter() - start, dict(totals)))
     elapsed = time.perf_counter() - start
     means = {key: value / max(steps, 1) for key, value in totals.items()}
     means.update(images=seen, images_per_s=seen / elapsed if elapsed > 0 else 0.0, phase_joint=float(phase == "joint"))

@@ -47,18 +47,30 @@ class WeightsOnlyCheckpointEngine(TorchCheckpointEngine):
             return torch.load(path, map_location=map_location, weights_only=True)
 
 
+RANK_STATE = "rank{rank}_state.pt"
+"""Each rank's own random state (torch's, and its policy-sampling generator's) in a checkpoint."""
+
+
 def save_engine_state(
-    engine, directory: str | Path, scheduler, epoch: int, rank: int, tracking: dict, alpha: float | None = None
+    engine, directory: str | Path, scheduler, epoch: int, rank: int, tracking: dict, alpha: float | None = None,
+    position: dict | None = None, generator: torch.Generator | None = None,
 ) -> None:
     """Every rank calls this (ZeRO partitions are saved per rank); rank 0 writes the client state and
-    `cascade.pt`, the weights alone, which `inference.weights` loads without DeepSpeed."""
+    `cascade.pt`, the weights alone, which `inference.weights` loads without DeepSpeed. `position`:
+    a step checkpoint's place in epoch `epoch` (None: the epoch is complete). Every rank writes its
+    random state (`RANK_STATE`)."""
     client_state = {
         "epoch": epoch,
         "scheduler": scheduler.state_dict(),
         "torch_rng": torch.get_rng_state(),
         "tracking": dict(tracking),
         "alpha": alpha,
+        "position": position,
     }
+    rank_state = {"torch_rng": torch.get_rng_state()}
+    if generator is not None:
+        rank_state["generator"] = generator.get_state()
+    torch.save(rank_state, Path(directory) / RANK_STATE.format(rank=rank))
     engine.checkpoint_engine = WeightsOnlyCheckpointEngine(engine._config)  # atomic file writes
     engine.save_checkpoint(str(directory), tag=TAG, client_state=client_state)
     if rank == 0:
@@ -79,6 +91,18 @@ def load_engine_state(engine, directory: str | Path, scheduler, rank: int, modul
         scheduler.load_state_dict(client_state["scheduler"])
     torch.set_rng_state(client_state["torch_rng"])
     return client_state
+
+
+def load_rank_state(directory: str | Path, rank: int, generator: torch.Generator | None = None) -> bool:
+    """Restore this rank's random state from a checkpoint; False if it holds none for `rank`."""
+    path = Path(directory) / RANK_STATE.format(rank=rank)
+    if not path.is_file():
+        return False
+    state = torch.load(path, weights_only=True)
+    torch.set_rng_state(state["torch_rng"])
+    if generator is not None and "generator" in state:
+        generator.set_state(state["generator"])
+    return True
 
 
 def checkpoint_candidates(latest: str | Path) -> list[Path]:

@@ -63,8 +63,16 @@ class RunConfig(Section):
     max_failures: int = 0
     checkpoints_to_keep: int = 2
     progress: bool = True
+    checkpoint_every_steps: Optional[int] = None
+    """Also checkpoint every this many training steps within an epoch (model, optimiser, LR
+    schedule, budget α, every rank's RNG and data position): a resumed run continues from the next
+    batch, every sample of the epoch seen once. None: at the end of each epoch only."""
+    log_sample_keys: bool = False
+    """Write each step's sample keys into the checkpoints' step logs (`steps_rank<r>_epoch<e>.json`):
+    which images every rank trained on, step by step (a check of exact resumption; large for ImageNet)."""
     fail_at_epoch: Optional[int] = None
-    """Fault injection for tests: a worker dies once, early in the epoch after this one."""
+    """Fault injection for tests: the last rank dies once in this epoch, after `fail_at_step` steps."""
+    fail_at_step: int = 1
     control: bool = False
     """Also train the static control and print it beside the cascade (`runtime.control`): the
     warm-up runs once as `<name>-warmup`, then the cascade's joint epochs (`<name>`) and, from the same
@@ -91,6 +99,10 @@ class RunConfig(Section):
             out.append(("storage_path", problem))
         if self.max_failures < -1:
             out.append(("max_failures", f"must be >= -1 (-1 = forever), got {self.max_failures}"))
+        if self.checkpoint_every_steps is not None and self.checkpoint_every_steps < 1:
+            out.append(("checkpoint_every_steps", f"must be >= 1 (or null: per epoch only), got {self.checkpoint_every_steps}"))
+        if self.fail_at_step < 1:
+            out.append(("fail_at_step", f"must be >= 1 (the worker dies after that many steps), got {self.fail_at_step}"))
         if self.checkpoints_to_keep < 1:
             out.append(("checkpoints_to_keep", f"must be >= 1, got {self.checkpoints_to_keep}"))
         if self.cpus_per_worker <= 0:

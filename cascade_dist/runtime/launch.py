@@ -104,7 +104,8 @@ def finished(cfg: Config, run_dir: Path | str) -> TrainResult | None:
         result = Result.from_path(where["storage_path"], storage_filesystem=where.get("storage_filesystem"))
     except (RuntimeError, OSError, ValueError):
         return None
-    if (result.metrics or {}).get("epoch") != cfg.optim.epochs - 1:
+    metrics = result.metrics or {}
+    if metrics.get("epoch") != cfg.optim.epochs - 1 or "epoch_step" in metrics:  # a step checkpoint: mid-epoch
         return None
     return train_result(result, run_dir, trained=False)
 

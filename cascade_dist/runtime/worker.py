@@ -12,6 +12,7 @@ import os
 import random
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +22,8 @@ import torch.distributed as dist
 
 from ..data import make_loader, storage
 from ..method.evaluate import evaluate
-from ..method.training import build_optimizer, make_budget, set_schedule_position, train_epoch
-from .checkpoint import load_engine_state, resume_engine_state, save_engine_state
+from ..method.training import EpochProgress, build_optimizer, make_budget, set_schedule_position, train_epoch
+from .checkpoint import load_engine_state, load_rank_state, resume_engine_state, save_engine_state
 from ..inference.calibration import CALIBRATION_FILE
 from .config import Config, from_container, save_config
 from .operating_point import budget_calibration, describe
@@ -124,16 +125,21 @@ def train_loop_per_worker(config: dict) -> None:
         model.to(memory_format=torch.channels_last)  # in place: the optimiser keeps the same parameters
     all_reduce = make_all_reduce(device)
 
-    start_epoch, tracking_state, alpha = 0, {}, None
+    generator = torch.Generator(device=device).manual_seed(cfg.run.seed * 1000 + rank)
+    start_epoch, tracking_state, alpha, resumed = 0, {}, None, None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as ckpt_dir:
-            state, _ = resume_engine_state(engine, ckpt_dir, scheduler, rank, agree=lambda ok: _all_ranks(ok, all_reduce))
-        start_epoch, tracking_state, alpha = state["epoch"] + 1, state["tracking"], state.get("alpha")
+            state, used = resume_engine_state(engine, ckpt_dir, scheduler, rank, agree=lambda ok: _all_ranks(ok, all_reduce))
+            resumed = resume_position(state, used, rank, generator)
+        start_epoch, tracking_state, alpha = state["epoch"] + (resumed is None), state["tracking"], state.get("alpha")
     elif cfg.run.warm_start:
         same_optimizer = warm_start_optimizer(cfg.run.warm_start) == cfg.optim.optimizer
         with storage.local_copy(cfg.run.warm_start) as warm_dir:  # a URI checkpoint: a temporary local copy
             state = load_engine_state(engine, warm_dir, scheduler, rank, module_only=not same_optimizer)
+        if state.get("position"):
+            raise ValueError(f"run.warm_start: {cfg.run.warm_start} is a step checkpoint (mid-epoch); "
+                             f"start from an epoch's checkpoint")
         start_epoch = state["epoch"] + 1  # tracking state not taken: this run gets its own MLflow run
         scheduler.last_epoch = start_epoch  # (the warm-up's schedule position, also when only its weights load)
         _reset_learning_rates(scheduler, cfg)
@@ -148,8 +154,9 @@ def train_loop_per_worker(config: dict) -> None:
                                                                          "manifest.json")):
         held_out = make_loader(cfg.data.shards, cfg.data.calibration_split, cfg.data.eval_batch_size, train=False,
                                **loader_kw)
-    generator = torch.Generator(device=device).manual_seed(cfg.run.seed * 1000 + rank)
     budget = make_budget(cfg.objective, alpha)  # budget mode: α by dual ascent, resumed with the run
+    if budget and resumed:
+        budget.alpha = resumed["budget_alpha"]  # mid-epoch: α with its proportional term, as it was
 
     tracker = None
     if rank == 0 and cfg.tracking.enabled:
@@ -158,14 +165,40 @@ def train_loop_per_worker(config: dict) -> None:
         tracker = RunTracker(cfg, run_id=tracking_state.get("run_id"),
                              spool_dir=storage.join(cfg.run.storage_path, cfg.run.name))
 
+    def save(directory: str, epoch: int, steps: list[dict], position: EpochProgress | None = None) -> None:
+        """Every rank's part of a checkpoint: engine state, random state and step log (rank 0: the config)."""
+        save_engine_state(engine, directory, scheduler, epoch, rank,
+                          tracking={"run_id": tracker.run_id} if tracker else tracking_state,
+                          alpha=budget.integral if budget else None, generator=generator,
+                          position={**asdict(position), "budget_alpha": budget.alpha if budget else None}
+                          if position else None)
+        (Path(directory) / f"steps_rank{rank}_epoch{epoch}.json").write_text(json.dumps(steps))
+        if rank == 0:  # the checkpoint carries what it takes to rebuild and judge the model
+            save_config(cfg, Path(directory) / "config.yaml")
+
     report = None
+    train_loader.track_keys = cfg.run.log_sample_keys
     for epoch in range(start_epoch, cfg.optim.epochs):
-        _maybe_inject_fault(cfg, epoch, rank)
-        train_loader.set_epoch(epoch)
-        steps: list[dict] = []
+        resume_here = resumed if epoch == start_epoch else None
+        position = EpochProgress(**resume_here["progress"]) if resume_here else None
+        train_loader.set_epoch(epoch, start_batch=position.steps if position else 0)
+        steps: list[dict] = resume_here["steps"] if resume_here else []
+
+        def after_step(progress: EpochProgress, epoch=epoch, steps=steps) -> None:
+            steps[-1]["time"] = time.time()  # when the step ended (a replayed step has a later one)
+            if cfg.run.log_sample_keys:
+                steps[-1]["keys"] = list(train_loader.last_keys or [])
+            every = cfg.run.checkpoint_every_steps
+            if every and progress.steps % every == 0 and progress.steps < len(train_loader):
+                with tempfile.TemporaryDirectory() as tmp:  # a step checkpoint: Tune and MLflow skip it
+                    save(tmp, epoch, steps, progress)
+                    ray.train.report({"epoch": epoch, "epoch_step": progress.steps},
+                                     checkpoint=ray.train.Checkpoint.from_directory(tmp))
+            _maybe_inject_fault(cfg, epoch, progress.steps, rank, steps)
+
         train_stats = train_epoch(engine, train_loader, epoch, cfg.optim, cfg.objective, all_reduce, generator,
                                   device, progress=rank == 0 and cfg.run.progress, step_log=steps, budget=budget,
-                                  scheduler=scheduler)
+                                  scheduler=scheduler, position=position, on_step=after_step)
         scheduler.step()
         average_buffers(model)
         calibration = None
@@ -180,13 +213,9 @@ def train_loop_per_worker(config: dict) -> None:
         metrics = {"epoch": epoch, **{f"train_{k}": v for k, v in _mean_over_workers(train_stats, all_reduce).items()},
                    **report.metrics(), "data_skipped": float(skipped)}  # bad samples skipped so far, all ranks
         with tempfile.TemporaryDirectory() as tmp:  # the checkpoint first: a tracking outage loses nothing
-            save_engine_state(engine, tmp, scheduler, epoch, rank,
-                              tracking={"run_id": tracker.run_id} if tracker else tracking_state,
-                              alpha=budget.integral if budget else None)
-            (Path(tmp) / f"steps_rank{rank}_epoch{epoch}.json").write_text(json.dumps(steps))
-            if rank == 0:  # the checkpoint carries what it takes to rebuild and judge the model
+            save(tmp, epoch, steps)
+            if rank == 0:
                 (Path(tmp) / "report.json").write_text(json.dumps(report.__dict__, indent=1))
-                save_config(cfg, Path(tmp) / "config.yaml")
                 if calibration:
                     calibration.save(Path(tmp) / CALIBRATION_FILE)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
@@ -232,17 +261,31 @@ def _mean_over_workers(stats: dict[str, float], all_reduce) -> dict[str, float]:
     return out
 
 
-def _maybe_inject_fault(cfg: Config, epoch: int, rank: int) -> None:
-    """Fault injection for tests: the last rank dies once, mid-run, in the epoch after
-    `run.fail_at_epoch` (whose checkpoint it gives the controller a few seconds to register,
-    while the other ranks start the epoch and wait for it in their first all-reduce)."""
-    if cfg.run.fail_at_epoch is None or epoch != cfg.run.fail_at_epoch + 1:
+def resume_position(state: dict, directory: str, rank: int, generator: torch.Generator) -> dict | None:
+    """This rank's random state restored from the checkpoint in `directory`; for a step checkpoint
+    also where its epoch stands (`progress`, `budget_alpha`) and this rank's step log so far."""
+    if not load_rank_state(directory, rank, generator):
+        logger.warning("%s holds no random state of rank %d: its sampling restarts from the run's seed", directory, rank)
+    position = state.get("position")
+    if position is None:
+        return None
+    steps = json.loads((Path(directory) / f"steps_rank{rank}_epoch{state['epoch']}.json").read_text())
+    progress = {k: v for k, v in position.items() if k != "budget_alpha"}
+    return {"progress": progress, "budget_alpha": position["budget_alpha"], "steps": steps}
+
+
+def _maybe_inject_fault(cfg: Config, epoch: int, step: int, rank: int, steps: list[dict]) -> None:
+    """Fault injection for tests: the last rank dies once, after step `run.fail_at_step` of epoch
+    `run.fail_at_epoch` (it gives the controller a few seconds to register the checkpoints before,
+    while the other ranks go on and wait for it in their next all-reduce). The marker file records
+    the steps it trained in that epoch (their losses, and keys with `run.log_sample_keys`)."""
+    if cfg.run.fail_at_epoch is None or (epoch, step) != (cfg.run.fail_at_epoch, cfg.run.fail_at_step):
         return
     if rank != ray.train.get_context().get_world_size() - 1:
         return
     marker = storage.join(storage.resolve_storage(cfg.run.storage_path), cfg.run.name, FAULT_MARKER)
     if storage.is_file(marker):
         return
-    storage.write_text(marker, f"worker rank {rank} killed at the start of epoch {epoch}\n")
+    storage.write_text(marker, json.dumps({"rank": rank, "epoch": epoch, "step": step, "steps": steps}))
     time.sleep(5)
     os._exit(1)

@@ -35,4 +35,6 @@ class EpochReports(TuneReportCallback):
         return out
 
     def after_report(self, run_context, metrics, checkpoint):
+        if "epoch_step" in metrics[0]:  # a step checkpoint (run.checkpoint_every_steps): no epoch's result
+            return
         super().after_report(run_context, [self.tune_metrics(metrics[0]), *metrics[1:]], checkpoint)

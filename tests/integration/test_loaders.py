@@ -95,6 +95,28 @@ def test_both_backends_give_a_rank_the_same_samples(cifar10_subset_shards):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_a_fresh_loader_resumes_an_epoch_at_any_batch_with_its_keys(backend, small_fashion_mnist_shards):
+    """Epoch 2 of rank 1 (augmented, shuffled), read whole, then by a new loader from batch 3 (a
+    resumed run's): the same tensors and sample keys from there on; within the epoch no key twice."""
+    kw = dict(backend=backend, train=True, rank=1, world_size=2, seed=3, num_workers=2)
+
+    def epoch(start_batch=0):
+        loader = make_loader(small_fashion_mnist_shards, "train", 64, **kw)
+        loader.track_keys = True
+        loader.set_epoch(2, start_batch=start_batch)
+        return [(x, y, list(loader.last_keys)) for x, y in loader]
+
+    whole, resumed = epoch(), epoch(start_batch=3)
+    assert len(whole) == (1000 // 2) // 64 and len(resumed) == len(whole) - 3
+    for (x, y, keys), (rx, ry, rkeys) in zip(whole[3:], resumed):
+        assert torch.equal(x, rx) and torch.equal(y, ry) and keys == rkeys
+    keys = [k for *_, ks in whole for k in ks]
+    assert len(set(keys)) == len(keys) == len(whole) * 64 and all(k.startswith("train-") for k in keys)
+    with pytest.raises(ValueError, match="start_batch 8 is not in"):
+        make_loader(small_fashion_mnist_shards, "train", 64, **kw).set_epoch(2, start_batch=8)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_training_batches_shuffle_augment_and_reproduce(backend, fashion_mnist_shards):
     root = fashion_mnist_shards
 

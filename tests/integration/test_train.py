@@ -154,17 +154,35 @@ def test_a_truncated_or_deleted_latest_checkpoint_leaves_the_run_resumable(finis
     assert all((tmp_path / "copy" / r["checkpoint_dir_name"]).is_dir() for r in snapshot()["checkpoint_results"])
 
 
-def test_killed_worker_resumes_from_last_checkpoint(tmp_path, small_fashion_mnist_shards, ray_local):
-    extra = {"run.fail_at_epoch": 0, "run.max_failures": 1}
+def test_a_worker_killed_mid_epoch_resumes_at_the_next_batch_of_its_step_checkpoint(tmp_path, small_fashion_mnist_shards,
+                                                                                 ray_local):
+    """Step checkpoints every 2 steps; the last rank dies after step 3 of the joint epoch. The run
+    resumes from the step-2 checkpoint: steps 1-2 are not trained again, step 3 is trained again on
+    the very batch it had (same keys, same loss), every sample of the epoch is seen once, and the
+    epoch's metrics reach MLflow once, counting all its steps."""
+    extra = {"run.checkpoint_every_steps": 2, "run.fail_at_epoch": 1, "run.fail_at_step": 3, "run.max_failures": 1,
+             "run.log_sample_keys": "true"}
     cfg = load_config("demo", tiny_overrides(small_fashion_mnist_shards, tmp_path, "faulty", **extra))
     result = run(cfg)
-    assert (tmp_path / "faulty" / FAULT_MARKER).is_file()  # the worker really died
-    assert result.report is not None
+    killed = json.loads((tmp_path / "faulty" / FAULT_MARKER).read_text())  # the worker really died
+    assert (killed["rank"], killed["epoch"], killed["step"], len(killed["steps"])) == (1, 1, 3, 3)
+    assert result.report is not None and result.metrics["epoch"] == 1
+    final = Path(result.checkpoint_path)
+    log = {r: json.loads((final / f"steps_rank{r}_epoch1.json").read_text()) for r in (0, 1)}
+    per_rank = (1000 // 2) // 64
+    assert len(log[0]) == len(log[1]) == per_rank
+    assert log[1][:2] == killed["steps"][:2]  # restored from the step-2 checkpoint, not trained again
+    replayed, lost = log[1][2], killed["steps"][2]
+    assert replayed["time"] > lost["time"] and replayed["keys"] == lost["keys"]  # the next batch, trained again
+    assert replayed["loss"] == pytest.approx(lost["loss"], rel=1e-5)  # from the same weights, optimiser and α
+    assert replayed["alpha"] == pytest.approx(lost["alpha"], rel=1e-9)
+    keys = [k for r in (0, 1) for step in log[r] for k in step["keys"]]
+    assert len(keys) == len(set(keys)) == 2 * per_rank * 64  # no sample twice, none skipped
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
-    runs = client.search_runs([client.get_experiment_by_name("faulty").experiment_id])
-    assert len(runs) == 1
-    # epoch 0 was checkpointed before the kill and not trained again; epoch 1 ran after the restart
-    assert read_metric_steps(client, runs[0].info.run_id, "accuracy") == [0, 1]
+    (run_,) = client.search_runs([client.get_experiment_by_name("faulty").experiment_id])
+    assert read_metric_steps(client, run_.info.run_id, "accuracy") == [0, 1]
+    images = {m.step: m.value for m in client.get_metric_history(run_.info.run_id, "train_images")}
+    assert images == {0: 2 * per_rank * 64, 1: 2 * per_rank * 64}  # the resumed epoch's sums go on
 
 
 def test_bf16_on_two_cpu_workers_trains_and_matches_a_float32_evaluation(tmp_path, small_fashion_mnist_shards, ray_local):

@@ -84,3 +84,49 @@ def test_ours_s_freezes_classifiers_and_trains_policies(fashion_mnist_dir):
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("classifiers."))
     assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("policies."))
+
+
+class _Part:
+    """An epoch's batches [start, stop) (a run killed at `stop`, or resumed at `start` as
+    `Loader.set_epoch(e, start_batch)`): its length is the whole epoch's."""
+
+    def __init__(self, batches, start=0, stop=None):
+        self.batches, self.start, self.stop = batches, start, stop
+
+    def __len__(self):
+        return len(self.batches)
+
+    def __iter__(self):
+        return iter(self.batches[self.start:self.stop])
+
+
+def test_an_epoch_resumed_from_its_progress_ends_where_the_whole_epoch_does(fashion_mnist_dir):
+    """Training stopped after step 3 and resumed from the `EpochProgress` that `on_step` handed out:
+    the same weights, LRs and epoch means as the epoch trained in one go."""
+    batches = list(DataLoader(fashion_mnist_tensors(fashion_mnist_dir, "train", 256), batch_size=32))  # 8 steps
+    cfg = OptimConfig(warmup_epochs=1, joint_epochs=0, classifier_lr=0.1)
+
+    def build():
+        torch.manual_seed(0)
+        model = Cascade(["preact_resnet8", "preact_resnet14"], num_classes=10, in_channels=1, image_size=28)
+        optimizer, scheduler = build_optimizer(model, cfg)
+        return model, LocalEngine(model, optimizer), scheduler
+
+    model, engine, scheduler = build()
+    whole = train_epoch(engine, batches, 0, cfg, ObjectiveConfig(), progress=False, scheduler=scheduler)
+
+    resumed_model, engine, scheduler = build()
+    saved = []
+    train_epoch(engine, _Part(batches, stop=3), 0, cfg, ObjectiveConfig(), progress=False, scheduler=scheduler,
+                on_step=saved.append)
+    assert [p.steps for p in saved] == [1, 2, 3] and saved[-1].seen == 96
+    lrs = []
+    step = engine.optimizer.step
+    engine.optimizer.step = lambda *a, **k: (lrs.append(engine.optimizer.param_groups[0]["lr"]), step(*a, **k))[1]
+    rest = train_epoch(engine, _Part(batches, start=3), 0, cfg, ObjectiveConfig(), progress=False,
+                       scheduler=scheduler, position=saved[-1])
+    assert lrs == pytest.approx([0.1 * 0.5 * (1 + math.cos(math.pi * (i / 8))) for i in range(3, 8)])
+    assert rest["images"] == whole["images"] == 256
+    assert {k: rest[k] for k in ("loss", "ce")} == pytest.approx({k: whole[k] for k in ("loss", "ce")}, rel=1e-6)
+    for (name, a), b in zip(model.state_dict().items(), resumed_model.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-6), name

@@ -39,6 +39,7 @@ def test_shipped_configs_load(name):
         ("model.image_size=32", "model.image_size: 32 but"),
         ("model.in_channels=3", "model.in_channels: 3 but"),
         ("data.on_error=skip", "data.on_error: 'skip' is not supported by data.backend='dali'"),
+        ("run.checkpoint_every_steps=0", "run.checkpoint_every_steps: must be >= 1 (or null: per epoch only), got 0"),
     ],
 )
 def test_bad_config_is_one_line_and_exit_2_before_any_worker(override, key, small_fashion_mnist_shards, capsys):
