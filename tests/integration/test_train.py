@@ -39,10 +39,16 @@ def read_metric_steps(client: MlflowClient, run_id: str, key: str) -> list[int]:
     return sorted(m.step for m in client.get_metric_history(run_id, key))
 
 
+KILLED_MID_EPOCH = {"run.checkpoint_every_steps": 2, "run.fail_at_epoch": 1, "run.fail_at_step": 3,
+                    "run.max_failures": 1, "run.log_sample_keys": "true"}
+"""The module's run: step checkpoints every 2 steps, and its last rank dies once after step 3 of the
+joint epoch (every test below holds for a run that lost a worker mid-epoch)."""
+
+
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory, small_fashion_mnist_shards, ray_local):
     storage = tmp_path_factory.mktemp("runs")
-    cfg = load_config("demo", tiny_overrides(small_fashion_mnist_shards, storage, "integration"))
+    cfg = load_config("demo", tiny_overrides(small_fashion_mnist_shards, storage, "integration", **KILLED_MID_EPOCH))
     return cfg, run(cfg), storage
 
 
@@ -108,9 +114,36 @@ def test_metrics_params_and_artifacts_land_in_mlflow(finished_run):
     assert out.log_probs.shape == (3, 2, 10)
 
 
+def test_a_worker_killed_mid_epoch_resumes_at_the_next_batch_of_its_step_checkpoint(finished_run):
+    """The run resumed from the step-2 checkpoint: steps 1-2 are not trained again, step 3 is trained
+    again on the very batch it had (same keys, same loss), every sample of the epoch is seen once,
+    and the epoch's metrics reach MLflow once, counting all its steps."""
+    cfg, result, storage = finished_run
+    killed = json.loads((storage / "integration" / FAULT_MARKER).read_text())  # the worker really died
+    assert (killed["rank"], killed["epoch"], killed["step"], len(killed["steps"])) == (1, 1, 3, 3)
+    assert result.report is not None and result.metrics["epoch"] == 1
+    final = Path(result.checkpoint_path)
+    log = {r: json.loads((final / f"steps_rank{r}_epoch1.json").read_text()) for r in (0, 1)}
+    per_rank = (1000 // 2) // 64
+    assert len(log[0]) == len(log[1]) == per_rank
+    assert log[1][:2] == killed["steps"][:2]  # restored from the step-2 checkpoint, not trained again
+    replayed, lost = log[1][2], killed["steps"][2]
+    assert replayed["time"] > lost["time"] and replayed["keys"] == lost["keys"]  # the next batch, trained again
+    assert replayed["loss"] == pytest.approx(lost["loss"], rel=1e-5)  # from the same weights, optimiser and α
+    assert replayed["alpha"] == pytest.approx(lost["alpha"], rel=1e-9)
+    keys = [k for r in (0, 1) for step in log[r] for k in step["keys"]]
+    assert len(keys) == len(set(keys)) == 2 * per_rank * 64  # no sample twice, none skipped
+    client = MlflowClient(f"sqlite:///{storage}/mlflow.db")
+    (run_,) = client.search_runs([client.get_experiment_by_name("integration").experiment_id])
+    assert read_metric_steps(client, run_.info.run_id, "accuracy") == [0, 1]
+    images = {m.step: m.value for m in client.get_metric_history(run_.info.run_id, "train_images")}
+    assert images == {0: 2 * per_rank * 64, 1: 2 * per_rank * 64}  # the resumed epoch's sums go on
+
+
 def test_resubmitting_a_run_resumes_it(finished_run, small_fashion_mnist_shards):
     cfg, first, storage = finished_run
-    more = load_config("demo", tiny_overrides(small_fashion_mnist_shards, storage, "integration", **{"optim.joint_epochs": 2}))
+    more = load_config("demo", tiny_overrides(small_fashion_mnist_shards, storage, "integration",
+                                              **{**KILLED_MID_EPOCH, "optim.joint_epochs": 2}))
     result = run(more)
     client = MlflowClient(f"sqlite:///{storage}/mlflow.db")
     runs = client.search_runs([client.get_experiment_by_name("integration").experiment_id])
@@ -143,46 +176,17 @@ def test_a_truncated_or_deleted_latest_checkpoint_leaves_the_run_resumable(finis
             "optim.joint_epochs": joint_epochs, "tracking.enabled": "false"})
         return run(load_config("demo", overrides))
 
+    before = {p.name for p in (tmp_path / "copy").glob("checkpoint_*")}
     result = resume(last_epoch + 1)  # one epoch more than the copy trained
     assert result.metrics["epoch"] == last_epoch + 1
-    retrained = [p for p in (tmp_path / "copy").glob(f"checkpoint_*/steps_rank0_epoch{last_epoch}.json") if p.parent != newest]
-    assert retrained  # the truncated checkpoint's epoch was trained again, from the previous checkpoint
+    new = [p for p in (tmp_path / "copy").glob("checkpoint_*") if p.name not in before]
+    # the truncated checkpoint's epoch was completed again, from the previous (step) checkpoint
+    assert any((p / f"steps_rank0_epoch{last_epoch}.json").is_file() and (p / "report.json").is_file() for p in new)
 
     shutil.rmtree(Path(result.checkpoint_path))  # the newest checkpoint, removed by hand
     result = resume(last_epoch + 1)
     assert result.metrics["epoch"] == last_epoch + 1 and Path(result.checkpoint_path).is_dir()
     assert all((tmp_path / "copy" / r["checkpoint_dir_name"]).is_dir() for r in snapshot()["checkpoint_results"])
-
-
-def test_a_worker_killed_mid_epoch_resumes_at_the_next_batch_of_its_step_checkpoint(tmp_path, small_fashion_mnist_shards,
-                                                                                 ray_local):
-    """Step checkpoints every 2 steps; the last rank dies after step 3 of the joint epoch. The run
-    resumes from the step-2 checkpoint: steps 1-2 are not trained again, step 3 is trained again on
-    the very batch it had (same keys, same loss), every sample of the epoch is seen once, and the
-    epoch's metrics reach MLflow once, counting all its steps."""
-    extra = {"run.checkpoint_every_steps": 2, "run.fail_at_epoch": 1, "run.fail_at_step": 3, "run.max_failures": 1,
-             "run.log_sample_keys": "true"}
-    cfg = load_config("demo", tiny_overrides(small_fashion_mnist_shards, tmp_path, "faulty", **extra))
-    result = run(cfg)
-    killed = json.loads((tmp_path / "faulty" / FAULT_MARKER).read_text())  # the worker really died
-    assert (killed["rank"], killed["epoch"], killed["step"], len(killed["steps"])) == (1, 1, 3, 3)
-    assert result.report is not None and result.metrics["epoch"] == 1
-    final = Path(result.checkpoint_path)
-    log = {r: json.loads((final / f"steps_rank{r}_epoch1.json").read_text()) for r in (0, 1)}
-    per_rank = (1000 // 2) // 64
-    assert len(log[0]) == len(log[1]) == per_rank
-    assert log[1][:2] == killed["steps"][:2]  # restored from the step-2 checkpoint, not trained again
-    replayed, lost = log[1][2], killed["steps"][2]
-    assert replayed["time"] > lost["time"] and replayed["keys"] == lost["keys"]  # the next batch, trained again
-    assert replayed["loss"] == pytest.approx(lost["loss"], rel=1e-5)  # from the same weights, optimiser and α
-    assert replayed["alpha"] == pytest.approx(lost["alpha"], rel=1e-9)
-    keys = [k for r in (0, 1) for step in log[r] for k in step["keys"]]
-    assert len(keys) == len(set(keys)) == 2 * per_rank * 64  # no sample twice, none skipped
-    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
-    (run_,) = client.search_runs([client.get_experiment_by_name("faulty").experiment_id])
-    assert read_metric_steps(client, run_.info.run_id, "accuracy") == [0, 1]
-    images = {m.step: m.value for m in client.get_metric_history(run_.info.run_id, "train_images")}
-    assert images == {0: 2 * per_rank * 64, 1: 2 * per_rank * 64}  # the resumed epoch's sums go on
 
 
 def test_bf16_on_two_cpu_workers_trains_and_matches_a_float32_evaluation(tmp_path, small_fashion_mnist_shards, ray_local):
