@@ -48,7 +48,8 @@ class WeightsOnlyCheckpointEngine(TorchCheckpointEngine):
 
 
 RANK_STATE = "rank{rank}_state.pt"
-"""Each rank's own random state (torch's, and its policy-sampling generator's) in a checkpoint."""
+"""Each rank's own state in a checkpoint: torch's random state, its policy-sampling generator's and
+its module buffers (BatchNorm statistics follow the rank's shard until the epoch's average)."""
 
 
 def save_engine_state(
@@ -67,7 +68,8 @@ def save_engine_state(
         "alpha": alpha,
         "position": position,
     }
-    rank_state = {"torch_rng": torch.get_rng_state()}
+    rank_state = {"torch_rng": torch.get_rng_state(),
+                  "buffers": {name: b.detach().cpu() for name, b in engine.module.named_buffers()}}
     if generator is not None:
         rank_state["generator"] = generator.get_state()
     torch.save(rank_state, Path(directory) / RANK_STATE.format(rank=rank))
@@ -93,13 +95,18 @@ def load_engine_state(engine, directory: str | Path, scheduler, rank: int, modul
     return client_state
 
 
-def load_rank_state(directory: str | Path, rank: int, generator: torch.Generator | None = None) -> bool:
-    """Restore this rank's random state from a checkpoint; False if it holds none for `rank`."""
+def load_rank_state(directory: str | Path, rank: int, module: torch.nn.Module,
+                    generator: torch.Generator | None = None) -> bool:
+    """Restore this rank's random state and buffers from a checkpoint; False if it holds none for `rank`."""
     path = Path(directory) / RANK_STATE.format(rank=rank)
     if not path.is_file():
         return False
     state = torch.load(path, weights_only=True)
     torch.set_rng_state(state["torch_rng"])
+    with torch.no_grad():
+        for name, buf in module.named_buffers():
+            if name in state["buffers"]:
+                buf.copy_(state["buffers"][name])
     if generator is not None and "generator" in state:
         generator.set_state(state["generator"])
     return True

@@ -131,7 +131,7 @@ def train_loop_per_worker(config: dict) -> None:
     if checkpoint:
         with checkpoint.as_directory() as ckpt_dir:
             state, used = resume_engine_state(engine, ckpt_dir, scheduler, rank, agree=lambda ok: _all_ranks(ok, all_reduce))
-            resumed = resume_position(state, used, rank, generator)
+            resumed = resume_position(state, used, rank, world, model, generator)
         start_epoch, tracking_state, alpha = state["epoch"] + (resumed is None), state["tracking"], state.get("alpha")
     elif cfg.run.warm_start:
         same_optimizer = warm_start_optimizer(cfg.run.warm_start) == cfg.optim.optimizer
@@ -170,8 +170,8 @@ def train_loop_per_worker(config: dict) -> None:
         save_engine_state(engine, directory, scheduler, epoch, rank,
                           tracking={"run_id": tracker.run_id} if tracker else tracking_state,
                           alpha=budget.integral if budget else None, generator=generator,
-                          position={**asdict(position), "budget_alpha": budget.alpha if budget else None}
-                          if position else None)
+                          position={**asdict(position), "budget_alpha": budget.alpha if budget else None,
+                                    "world": world} if position else None)
         (Path(directory) / f"steps_rank{rank}_epoch{epoch}.json").write_text(json.dumps(steps))
         if rank == 0:  # the checkpoint carries what it takes to rebuild and judge the model
             save_config(cfg, Path(directory) / "config.yaml")
@@ -261,16 +261,21 @@ def _mean_over_workers(stats: dict[str, float], all_reduce) -> dict[str, float]:
     return out
 
 
-def resume_position(state: dict, directory: str, rank: int, generator: torch.Generator) -> dict | None:
-    """This rank's random state restored from the checkpoint in `directory`; for a step checkpoint
-    also where its epoch stands (`progress`, `budget_alpha`) and this rank's step log so far."""
-    if not load_rank_state(directory, rank, generator):
-        logger.warning("%s holds no random state of rank %d: its sampling restarts from the run's seed", directory, rank)
+def resume_position(state: dict, directory: str, rank: int, world: int, module: torch.nn.Module,
+                    generator: torch.Generator) -> dict | None:
+    """This rank's random state and buffers restored from the checkpoint in `directory`; for a step
+    checkpoint also where its epoch stands (`progress`, `budget_alpha`) and this rank's step log."""
     position = state.get("position")
+    if position is not None and position["world"] != world:
+        raise ValueError(f"{directory} is a step checkpoint of {position['world']} workers, and this run has "
+                         f"run.num_workers={world}: a mid-epoch position holds for the same workers only (resume "
+                         f"with run.num_workers={position['world']}, or from an epoch's checkpoint)")
+    if not load_rank_state(directory, rank, module, generator):
+        logger.warning("%s holds no state of rank %d: its sampling restarts from the run's seed", directory, rank)
     if position is None:
         return None
     steps = json.loads((Path(directory) / f"steps_rank{rank}_epoch{state['epoch']}.json").read_text())
-    progress = {k: v for k, v in position.items() if k != "budget_alpha"}
+    progress = {k: v for k, v in position.items() if k not in ("budget_alpha", "world")}
     return {"progress": progress, "budget_alpha": position["budget_alpha"], "steps": steps}
 
 

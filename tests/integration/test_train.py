@@ -143,7 +143,8 @@ def test_a_worker_killed_mid_epoch_resumes_at_the_next_batch_of_its_step_checkpo
 def test_resubmitting_a_run_resumes_it(finished_run, small_fashion_mnist_shards):
     cfg, first, storage = finished_run
     more = load_config("demo", tiny_overrides(small_fashion_mnist_shards, storage, "integration",
-                                              **{**KILLED_MID_EPOCH, "optim.joint_epochs": 2}))
+                                              **{**KILLED_MID_EPOCH, "optim.joint_epochs": 2,
+                                                 "tracking.log_model": "false"}))  # (logged by the first)
     result = run(more)
     client = MlflowClient(f"sqlite:///{storage}/mlflow.db")
     runs = client.search_runs([client.get_experiment_by_name("integration").experiment_id])
