@@ -1,4 +1,5 @@
-"""`python tuning/sweep_alpha.py`: a real 2 × 1 sweep with budget mode, on Ray Tune, Ray Train, DeepSpeed and MLflow."""
+"""`python tuning/sweep_alpha.py`: one real 2 × 2 sweep under ASHA with budget mode, on Ray Tune, Ray Train,
+DeepSpeed and MLflow."""
 
 from __future__ import annotations
 
@@ -13,10 +14,14 @@ from cascade_dist.sweep.driver import main
 from cascade_dist.sweep.pareto import Point, pareto_front
 
 
-# ---- a real 2 × 1 sweep ---------------------------------------------------------------------------------
+# ---- a real 2 × 2 sweep: ASHA over the grid, then budget mode's dual-ascent trials ---------------------
+
+JOINT_EPOCHS = 2
+ALPHAS, POLICY_LRS = (0.3, 0.001), (0.01, 0.001)
+
 
 def sweep_overrides(shards, storage, joint_epochs: int) -> list[str]:
-    """The small sweeps' config: the smallest shards, a 2-stage cascade, one worker per trial."""
+    """The small sweep's config: the smallest shards, a 2-stage cascade, one worker per trial."""
     overrides = {
         "data.shards": shards, "data.batch_size": 64, "data.eval_batch_size": 250,
         "model.classifiers": "[preact_resnet8,preact_resnet14]", "objective.budget": "null",
@@ -32,15 +37,28 @@ def sweep_overrides(shards, storage, joint_epochs: int) -> list[str]:
 def finished_sweep(tmp_path_factory, small_fashion_mnist_shards, ray_local):
     storage = tmp_path_factory.mktemp("sweep")
     out = storage / "report"
-    argv = ["--config", "demo", "--alphas", "0.001", "0.3", "--policy-lrs", "0.01", "--variants", "ours",
-            "--max-concurrent", "2", "--budget", "80", "--name", "t", "--out", str(out), "--held-out-split", "train",
-            *sweep_overrides(small_fashion_mnist_shards, storage, joint_epochs=1)]
+    # grid order: the weak points (α=0.001: ~0.19 gain at the first joint epoch, α=0.3 ~0.31) come last, so
+    # they reach ASHA's first rung after the two others have and stop; of those two, the one that arrives
+    # first always goes on (which one depends on timing: the checks hold either way)
+    argv = ["--config", "demo", "--alphas", *map(str, ALPHAS), "--policy-lrs", *map(str, POLICY_LRS),
+            "--variants", "ours", "--scheduler", "asha", "--grace-period", "1", "--max-concurrent", "2",
+            "--budget", "80", "--name", "t", "--out", str(out), "--held-out-split", "train",
+            *sweep_overrides(small_fashion_mnist_shards, storage, joint_epochs=JOINT_EPOCHS)]
+    start = time.perf_counter()
     rc = main(argv)
-    return rc, storage, out
+    return rc, storage, out, time.perf_counter() - start
+
+
+def tune_runs(storage, experiment: str) -> dict:
+    """Each trial of one Tune round (`<name>-tune-<round>`): its run name → its per-epoch results."""
+    from ray.tune import ExperimentAnalysis
+
+    dfs = ExperimentAnalysis(str(storage / "tune" / experiment)).trial_dataframes.values()
+    return {df["run_name"].iloc[-1]: df for df in dfs}
 
 
 def test_sweep_trials_finish_and_nest_under_one_parent(finished_sweep):
-    rc, storage, out = finished_sweep
+    rc, storage, out, _ = finished_sweep
     assert rc == 0
     client = MlflowClient(f"sqlite:///{storage}/mlflow.db")
     exp = client.get_experiment_by_name("sweep")
@@ -48,36 +66,50 @@ def test_sweep_trials_finish_and_nest_under_one_parent(finished_sweep):
     assert len(parents) == 1
     pid = parents[0].info.run_id
     children = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{pid}'")
-    assert len(children) == 3  # the 2 × 1 grid, and budget mode's dual-ascent trial
+    assert len(children) == 6  # the 2 × 2 grid, and budget mode's dual-ascent trial per policy LR
     grid = [c for c in children if c.data.params["objective.budget"] == "None"]
-    assert sorted(c.data.params["objective.alpha"] for c in grid) == ["0.001", "0.3"]
-    (dual,) = [c for c in children if c.data.params["objective.budget"] != "None"]
-    assert dual.data.params["objective.budget"] == "80.0"
-    assert dual.data.metrics["train_alpha_end"] != float(dual.data.params["objective.alpha"])  # α moved
+    assert sorted((c.data.params["objective.alpha"], c.data.params["optim.policy_lr"]) for c in grid) == sorted(
+        (str(a), str(lr)) for a in ALPHAS for lr in POLICY_LRS)
+    dual = [c for c in children if c.data.params["objective.budget"] != "None"]
+    assert sorted(c.data.params["optim.policy_lr"] for c in dual) == sorted(map(str, POLICY_LRS))
+    for c in dual:
+        assert c.data.params["objective.budget"] == "80.0"
+        assert c.data.metrics["train_alpha_end"] != float(c.data.params["objective.alpha"])  # α moved
+    joint = {t["run_name"]: t["joint_epochs"] for t in json.loads((out / "report.json").read_text())["trials"]}
     for c in children:
-        assert c.data.params["optim.policy_lr"] == "0.01"
         assert c.data.params["run.warm_start"] not in ("None", "")  # started from the shared warm-up
         steps = sorted(m.step for m in client.get_metric_history(c.info.run_id, "accuracy"))
-        assert steps == [1]  # the joint epoch only: epoch 0 was the shared warm-up
+        assert steps == list(range(1, joint[c.info.run_name] + 1))  # each joint epoch once: epoch 0 was the warm-up
         assert {"cost_pct", "exit_frac_stage0", "train_baseline"} <= set(c.data.metrics)
     artifacts = {a.path for a in client.list_artifacts(pid)}
     assert {"report.md", "report.json", "trials.csv", "tradeoff.png"} <= artifacts
-    assert parents[0].data.metrics["n_trials"] == 3
+    assert parents[0].data.metrics["n_trials"] == 6
 
 
 def test_sweep_report_pareto_and_baselines_are_correct(finished_sweep):
-    rc, storage, out = finished_sweep
+    rc, storage, out, _ = finished_sweep
     report = json.loads((out / "report.json").read_text())
     trials = report["trials"]
-    assert len(trials) == 3 and {t["alpha"] for t in trials if t["dual_budget"] is None} == {0.001, 0.3}
+    grid = {(t["alpha"], t["policy_lr"]): t for t in trials if t["dual_budget"] is None}
+    assert len(trials) == 6 and set(grid) == {(a, lr) for a in ALPHAS for lr in POLICY_LRS}
     # the Pareto artifact is exactly the non-dominated trials
     expected = pareto_front([Point(t["cost_pct"], t["accuracy"], t["run_name"]) for t in trials])
     assert [p["label"] for p in report["pareto_front"]] == [p.label for p in expected]
     rows = list(csv.DictReader((out / "trials.csv").open()))
     assert {r["run_name"]: r["on_pareto_front"] == "True" for r in rows} == {t["run_name"]: t["run_name"] in {p.label for p in expected} for t in trials}
-    # a larger α never costs more here (it weights cost more)
-    by_alpha = {t["alpha"]: t for t in trials if t["dual_budget"] is None}
-    assert by_alpha[0.3]["cost_pct"] <= by_alpha[0.001]["cost_pct"] + 1e-6
+    # a larger α never costs more here (it weights cost more), between trials of one policy LR after the
+    # same number of joint epochs: their reported points, and each joint epoch both reached (ASHA may have
+    # stopped either one after its first)
+    runs, compared = tune_runs(storage, "t-tune-0"), []
+    for lr in POLICY_LRS:
+        big, small = grid[max(ALPHAS), lr], grid[min(ALPHAS), lr]
+        if big["joint_epochs"] == small["joint_epochs"]:
+            assert big["cost_pct"] <= small["cost_pct"] + 1e-6, lr
+        costs = [runs[t["run_name"]].set_index("joint_epoch")["cost_pct"] for t in (big, small)]
+        for epoch in costs[0].index.intersection(costs[1].index):
+            assert costs[0][epoch] <= costs[1][epoch] + 1e-6, (lr, epoch)
+            compared.append(lr)
+    assert set(compared) == set(POLICY_LRS)  # the check ran for every policy LR
     # baselines: both static classifiers, and a threshold curve from the first stage's cost to 100 %
     assert [s["name"] for s in report["static"]] == ["preact_resnet8", "preact_resnet14"]
     assert report["static"][1]["cost_pct"] == pytest.approx(100)
@@ -98,58 +130,41 @@ def test_sweep_report_pareto_and_baselines_are_correct(finished_sweep):
     assert (out / "tradeoff.png").stat().st_size > 10_000
 
 
-# ---- ASHA: a 4-trial grid of 2 joint epochs, from the sweep above's warm-up ----------------------------
-
-ASHA_JOINT_EPOCHS = 2
-
-@pytest.fixture(scope="module")
-def asha_sweep(tmp_path_factory, small_fashion_mnist_shards, finished_sweep):
-    _, _, first_out = finished_sweep
-    warm = json.loads((first_out / "report.json").read_text())["warmup"]["checkpoint"]
-    storage = tmp_path_factory.mktemp("asha")
-    # grid order: the weak point (α=0.001 with the small policy LR: ~0.24 gain at the first joint epoch,
-    # the others ~0.35) comes last, so it reaches ASHA's first rung after two other trials have
-    argv = ["--config", "demo", "--alphas", "0.3", "0.001", "--policy-lrs", "0.01", "0.001", "--variants", "ours",
-            "--scheduler", "asha", "--grace-period", "1", "--name", "asha", "--out", str(storage / "report"),
-            "--held-out-split", "train", *sweep_overrides(small_fashion_mnist_shards, storage, joint_epochs=ASHA_JOINT_EPOCHS),
-            f"run.warm_start={warm}"]
-    start = time.perf_counter()
-    rc = main(argv)
-    return rc, storage, time.perf_counter() - start
-
-
-def test_asha_stops_a_trial_early_and_the_report_keeps_all_four(asha_sweep):
-    from ray.tune import ExperimentAnalysis
-
+def test_asha_stops_a_trial_early_and_the_report_keeps_all_of_them(finished_sweep):
     from cascade_dist.sweep.pareto import accuracy_at_cost
     from cascade_dist.sweep.scheduling import SCORE, reference_front
 
-    rc, storage, seconds = asha_sweep
-    print(f"ASHA sweep: {seconds:.0f} s")
+    rc, storage, out, seconds = finished_sweep
+    print(f"sweep: {seconds:.0f} s")
     assert rc == 0
-    assert not (storage / "asha-warmup").exists()  # the warm-up was reused, not trained again
-    runs = {df["run_name"].iloc[-1]: df for df in ExperimentAnalysis(str(storage / "tune" / "asha-tune-0")).trial_dataframes.values()}
-    assert len(runs) == 4
+    # ASHA schedules the grid (Tune round 0); budget mode's trials are a second round, FIFO, run to their end
+    assert sorted(p.name for p in (storage / "tune").iterdir()) == ["t-tune-0", "t-tune-1"]
+    grid, dual = tune_runs(storage, "t-tune-0"), tune_runs(storage, "t-tune-1")
+    assert len(grid) == 4 and len(dual) == len(POLICY_LRS)
+    runs = {**grid, **dual}
     for df in runs.values():  # every joint epoch reached Tune, in order
         assert list(df["joint_epoch"]) == list(range(1, len(df) + 1))
     epochs = {name: int(df["joint_epoch"].iloc[-1]) for name, df in runs.items()}
-    assert min(epochs.values()) < ASHA_JOINT_EPOCHS and max(epochs.values()) == ASHA_JOINT_EPOCHS, epochs
+    grid_epochs = [epochs[name] for name in grid]
+    assert min(grid_epochs) < JOINT_EPOCHS and max(grid_epochs) == JOINT_EPOCHS, epochs
+    assert all(epochs[name] == JOINT_EPOCHS for name in dual), epochs
 
-    report = json.loads((storage / "report" / "report.json").read_text())
+    report = json.loads((out / "report.json").read_text())
     trials = {t["run_name"]: t for t in report["trials"]}
-    assert set(trials) == set(runs)  # all four, the stopped ones too
+    assert set(trials) == set(runs)  # all six, the stopped ones too
     reference = reference_front(report)
     for name, t in trials.items():
         last = runs[name].iloc[-1]
-        assert t["joint_epochs"] == epochs[name] and t["stopped_early"] == (epochs[name] < ASHA_JOINT_EPOCHS)
+        assert t["joint_epochs"] == epochs[name] and t["stopped_early"] == (epochs[name] < JOINT_EPOCHS)
         assert t["accuracy"] == pytest.approx(last["accuracy"]) and t["cost_pct"] == pytest.approx(last["cost_pct"])
         assert last[SCORE] == pytest.approx(last["accuracy"] - accuracy_at_cost(reference, last["cost_pct"]))
     expected = pareto_front([Point(t["cost_pct"], t["accuracy"], t["run_name"]) for t in trials.values()])
     assert [p["label"] for p in report["pareto_front"]] == [p.label for p in expected]
-    rows = {r["run_name"]: r for r in csv.DictReader((storage / "report" / "trials.csv").open())}
+    rows = {r["run_name"]: r for r in csv.DictReader((out / "trials.csv").open())}
     assert {n: r["stopped_early"] == "True" for n, r in rows.items()} == {n: t["stopped_early"] for n, t in trials.items()}
-    md = (storage / "report" / "report.md").read_text()
-    assert "stopped early after" in md and "Scheduler: ASHA" in md and "reused from" in md
+    assert {n: int(r["joint_epochs"]) for n, r in rows.items()} == epochs
+    md = (out / "report.md").read_text()
+    assert "stopped early after" in md and "Scheduler: ASHA" in md
 
     client = MlflowClient(f"sqlite:///{storage}/mlflow.db")
     exp = client.get_experiment_by_name("sweep")

@@ -153,3 +153,27 @@ def test_a_warm_start_that_is_not_this_sweeps_warm_up_is_refused(small_fashion_m
     assert rc == 2 and len(err) == 1, err
     assert f"run.warm_start: {ckpt / 'config.yaml'} has optim.joint_epochs=2, the sweep needs 0" in err[0]
     assert not storage.exists()
+
+
+def test_a_reused_warm_up_is_not_trained_again_and_the_report_says_so(tmp_path, monkeypatch):
+    from cascade_dist.runtime import launch
+    from cascade_dist.runtime.config import load_config
+    from cascade_dist.sweep import driver
+    from cascade_dist.sweep.report import write_report
+
+    ckpt = tmp_path / "warm" / "checkpoint_0"
+    cfg = load_config("demo", [f"run.storage_path={tmp_path / 'runs'}", f"run.warm_start={ckpt}"], check_data=False)
+    args = driver.parse_args(["--alphas", "0.1", "0.2", "--variants", "ours", "--name", "s"])
+    monkeypatch.setattr(launch, "run", lambda *a, **k: pytest.fail("a warm-up was trained"))
+    warm, warmup = driver.shared_warmup(driver.Sweep(cfg, args, "cmd", None, "0", "parent", 1, [0.01]))
+    assert not warm.trained and str(warm.checkpoint_path) == str(ckpt)
+    assert warmup["reused"] and warmup["shared"] and warmup["saved_s"] == 0 and warmup["trials"] == 2
+    assert not (tmp_path / "runs").exists()
+    static = [{"name": "a", "cost_pct": 40.0, "accuracy": 0.7}, {"name": "b", "cost_pct": 100.0, "accuracy": 0.8}]
+    paths = write_report(tmp_path / "report", {
+        "command": "cmd", "wall_clock_s": 1.0, "classifiers": ["a", "b"], "static": static, "threshold_cascade": [],
+        "trials": [_trial("s-ours", "ours", 0.1, 50.0, 0.75)], "warmup": warmup,
+        "notes": driver._notes(cfg, args, [], [])})
+    md = paths["md"].read_text()
+    assert f"Shared warm-up: reused from {ckpt} (run.warm_start), not trained by this sweep." in md
+    assert f"The shared warm-up was reused from run.warm_start ({ckpt})" in md and "time saved" not in md
