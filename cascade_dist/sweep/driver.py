@@ -12,7 +12,7 @@
 4. MLflow: one parent run, one child run per trial (written by the trial's rank-0 worker with
    `tracking.parent_run_id`), and on the parent the Pareto front, tables and plot
    (`sweep.report.write_report`).
-5. Budget mode (`--budget B`): one more trial per variant trains with `objective.budget=B`, its α
+5. Budget mode (`--budget B`): one more trial per variant and policy LR trains with `objective.budget=B`, its α
    following dual ascent toward an expected cost of B (`method.objective.CostBudget`); with
    `--budget-refine N`, N more trials bisect log α toward B. The choice is the most accurate Ours
    trial (grid, dual ascent or bisection) whose test cost is ≤ B %.
@@ -242,6 +242,7 @@ def warm_start_problem(cfg: Config, args: argparse.Namespace) -> str | None:
         return f"run.warm_start: no config.yaml in or beside {path} (the warm-up run's config)"
     warm = OmegaConf.to_container(OmegaConf.create(storage.read_text(run_config)))
     expected = {"optim.joint_epochs": 0, "optim.warmup_epochs": cfg.optim.warmup_epochs,
+                "optim.schedule_epochs": cfg.optim.schedule_epochs or cfg.optim.epochs,  # its LR schedule's span
                 "model.classifiers": list(cfg.model.classifiers)}
     for key, value in expected.items():
         section, name = key.split(".")

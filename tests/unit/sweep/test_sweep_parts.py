@@ -142,16 +142,22 @@ def test_bad_input_is_a_clear_error_before_any_work(argv, message, small_fashion
     assert list(tmp_path.iterdir()) == []  # no run, no MLflow store: nothing started
 
 
-def test_a_warm_start_that_is_not_this_sweeps_warm_up_is_refused(small_fashion_mnist_shards, tmp_path, capsys):
+@pytest.mark.parametrize("optim, problem", [
+    ("{joint_epochs: 2, warmup_epochs: 1}", "has optim.joint_epochs=2, the sweep needs 0"),
+    # a warm-up whose cosine spanned 1 + 1 epochs, for a sweep of 1 + 2: the LRs would not continue
+    ("{joint_epochs: 0, warmup_epochs: 1, schedule_epochs: 2}", "has optim.schedule_epochs=2, the sweep needs 3"),
+])
+def test_a_warm_start_that_is_not_this_sweeps_warm_up_is_refused(optim, problem, small_fashion_mnist_shards, tmp_path,
+                                                                 capsys):
     ckpt = tmp_path / "ckpt"
     (ckpt / "checkpoint").mkdir(parents=True)
-    (ckpt / "config.yaml").write_text("optim: {joint_epochs: 2, warmup_epochs: 1}\nmodel: {classifiers: [a, b]}\n")
+    (ckpt / "config.yaml").write_text(f"optim: {optim}\nmodel: {{classifiers: [preact_resnet8, preact_resnet20]}}\n")
     storage = tmp_path / "runs"
     rc = main(["--config", "demo", "--held-out-split", "train", f"data.shards={small_fashion_mnist_shards}",
-               f"run.storage_path={storage}", f"run.warm_start={ckpt}"])
+               "optim.warmup_epochs=1", "optim.joint_epochs=2", f"run.storage_path={storage}", f"run.warm_start={ckpt}"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1, err
-    assert f"run.warm_start: {ckpt / 'config.yaml'} has optim.joint_epochs=2, the sweep needs 0" in err[0]
+    assert f"run.warm_start: {ckpt / 'config.yaml'} {problem}" in err[0]
     assert not storage.exists()
 
 
