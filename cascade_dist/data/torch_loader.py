@@ -25,6 +25,10 @@ a buffered, seekable reader), so a worker seeks to its first sample with the DAL
 disk; webdataset's ``pipe:`` URLs (``pipe:aws s3 cp ... -``) cannot seek, and every worker would read
 its shard from the start. webdataset's tar iterator and key grouping stay the same.
 
+Workers are forked. The garbage of the parent is collected first: a forked worker that collects
+an inherited DALI pipeline (garbage of an earlier DALI loader in the same process) calls its
+native shutdown, which waits for threads that do not exist in the child, and the epoch hangs.
+
 Bad samples: an undecodable image, a missing image or ``.lbl`` component, a label outside
 ``[0, num_classes)``, or an unreadable (truncated) tar raise :class:`DataError` naming the shard
 and the sample key, or with ``on_error="skip"`` are skipped, logged and counted in
@@ -33,6 +37,7 @@ and the sample key, or with ``on_error="skip"`` are skipped, logged and counted 
 
 from __future__ import annotations
 
+import gc
 import io
 import itertools
 import logging
@@ -314,6 +319,8 @@ class TorchLoader(Loader):
             on_error=self.on_error,
         )
         workers = len(worker_pieces) if self.num_workers > 0 else 0
+        if workers:  # the forked workers inherit this process's garbage: collect it here first
+            gc.collect()
         loader = DataLoader(
             stream,
             batch_size=None,

@@ -357,6 +357,31 @@ def test_bad_sample_stops_with_shard_and_key(kind, backend, fashion_mnist_shards
         assert ".cls is not a decimal class id" in msg, msg
 
 
+FORK_AFTER_DALI = """
+import gc, os, sys
+from cascade_dist.data import make_loader
+
+root = sys.argv[1]
+gc.disable()  # only the collections below run
+loader = make_loader(root, "test", 100, backend="dali", train=False, augment=False)
+next(iter(loader))
+cycle = [loader]
+cycle.append(cycle)  # a DALI pipeline in cyclic garbage, as an exception's traceback leaves it
+del loader, cycle
+os.register_at_fork(after_in_child=gc.collect)  # a forked worker that collects what it inherited
+x, y = next(iter(make_loader(root, "test", 100, backend="torch", train=False, num_workers=2, augment=False)))
+print("batch", tuple(x.shape))
+"""
+
+
+def test_torch_workers_forked_after_a_dali_loader_do_not_hang(small_fashion_mnist_shards):
+    """A DALI pipeline left as garbage, then a torch loader's forked workers: they must not run
+    its native shutdown (it waits for DALI threads the child lacks, and the epoch hung)."""
+    r = subprocess.run([sys.executable, "-c", FORK_AFTER_DALI, str(small_fashion_mnist_shards)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "batch (100, 1, 28, 28)" in r.stdout, r.stdout[-2000:] + r.stderr[-2000:]
+
+
 @pytest.mark.parametrize("kind", ["corrupt", "corrupt-idat", "cls", "missing", "label"])
 def test_torch_skip_mode_skips_and_counts(kind, fashion_mnist_shards, tmp_path):
     root, _ = bad_split(fashion_mnist_shards, tmp_path, kind)
