@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 from ..method.sections import Problem, Section
 from . import storage
@@ -17,7 +18,11 @@ class DataConfig(Section):
     """A local folder, or a URI (s3://bucket/shards) that the torch backend streams from."""
     backend: str = "dali"
     batch_size: int = 128
-    """Per worker; the global batch is batch_size × num_workers."""
+    """Per worker (a micro-batch): the global batch is batch_size × num_workers × accumulation steps."""
+    global_batch_size: Optional[int] = None
+    """Images per optimiser step over all workers; None: batch_size × run.num_workers at the run's
+    first start. A run resumed with another run.num_workers keeps it by gradient accumulation
+    (`runtime.elastic`)."""
     eval_batch_size: int = 256
     eval_split: str = "test"
     calibration_split: str = "val"
@@ -42,6 +47,8 @@ class DataConfig(Section):
         for key in ("batch_size", "eval_batch_size"):
             if getattr(self, key) < 1:
                 out.append((key, f"must be >= 1, got {getattr(self, key)}"))
+        if self.global_batch_size is not None and self.global_batch_size < 1:
+            out.append(("global_batch_size", f"must be >= 1 (or null), got {self.global_batch_size}"))
         if self.loader_workers < 0:
             out.append(("loader_workers", f"must be >= 0, got {self.loader_workers}"))
         return out

@@ -277,8 +277,8 @@ class DaliLoader(Loader):
         self._mid_epoch = False
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        if self.train and self._built_epoch != self.epoch:
-            self._iterator = None  # training: the epoch's own pipeline (its shard order and seeds)
+        if self.train and self._built_epoch != self.epoch:  # training: the epoch's own pipeline (its
+            self._iterator, self._mid_epoch = None, False  # shard order and seeds); nothing left to drain
         if self._iterator is None:
             self._iterator, self._built_epoch = self._build(), self.epoch
         self._drain()  # a previous epoch left unfinished (the caller broke out of the loop)

@@ -221,6 +221,7 @@ def train_epoch(
     scheduler: torch.optim.lr_scheduler.LambdaLR | None = None,
     position: EpochProgress | None = None,
     on_step: Callable[[EpochProgress], None] | None = None,
+    max_steps: int | None = None,
 ) -> dict[str, float]:
     """One epoch of `training_step`s; returns the mean of each statistic and images/s.
 
@@ -229,7 +230,8 @@ def train_epoch(
     `build_optimizer` one) sets the LRs at epoch + step/steps before every step when the loader's
     length is known. `position`: the progress of an epoch resumed mid-way (the loader then yields
     from batch `position.steps` on, `Loader.set_epoch`); `on_step(position)` runs after every step
-    (the step checkpoints).
+    (the step checkpoints); `max_steps` ends the epoch after that many steps (whole optimiser steps
+    under gradient accumulation).
     """
     phase = optim.phase(epoch)
     set_train_mode(engine, optim, epoch)
@@ -237,6 +239,8 @@ def train_epoch(
     totals = position.totals
     seen, steps, start = position.seen, position.steps, time.perf_counter() - position.seconds
     total = _len(loader)
+    if max_steps is not None:
+        total = min(total, max_steps) if total else max_steps
     bar = tqdm(in_lockstep(loader, all_reduce), desc=f"epoch {epoch} ({phase})", disable=not progress,
                mininterval=5, total=total, initial=steps)
     for images, targets in bar:
@@ -256,6 +260,8 @@ def train_epoch(
         bar.set_postfix(loss=f"{stats['loss']:.3f}", img_s=f"{seen / (time.perf_counter() - start):.0f}", refresh=False)
         if on_step is not None:
             on_step(EpochProgress(steps, seen, time.perf_counter() - start, dict(totals)))
+        if max_steps is not None and steps >= max_steps:
+            break
     elapsed = time.perf_counter() - start
     means = {key: value / max(steps, 1) for key, value in totals.items()}
     means.update(images=seen, images_per_s=seen / elapsed if elapsed > 0 else 0.0, phase_joint=float(phase == "joint"))

@@ -141,6 +141,42 @@ def resume_engine_state(engine, latest: str | Path, scheduler, rank: int,
     raise RuntimeError(f"no loadable checkpoint in {Path(latest).parent}: {'; '.join(failures)}")
 
 
+POSITION_FILE = "position.json"
+"""Where a checkpoint stands, written by rank 0: {"epoch", "step" (None: the epoch's end), "world"}."""
+
+
+def write_position(directory: str | Path, epoch: int, step: int | None, world: int) -> None:
+    (Path(directory) / POSITION_FILE).write_text(json.dumps({"epoch": epoch, "step": step, "world": world}))
+
+
+def resumable_checkpoint(latest: str, world: int) -> str:
+    """The checkpoint a run of `world` workers resumes from: `latest` (a path or URI), unless it is a
+    step checkpoint of another number of workers, whose mid-epoch position (each rank's place in its
+    shard) does not exist for this world; then the newest checkpoint beside it that is an epoch's end
+    or of `world` workers, so the interrupted epoch is trained again on the new shards, no sample skipped."""
+    def usable(checkpoint: str) -> bool:
+        path = storage.join(checkpoint, POSITION_FILE)
+        if not storage.is_file(path):
+            return True  # an epoch checkpoint of a run older than POSITION_FILE
+        position = json.loads(storage.read_text(path))
+        return position["step"] is None or position["world"] == world
+
+    if usable(latest):
+        return latest
+    run_dir = storage.parent(latest)
+    older = sorted((n for n in storage.list_dir(run_dir) if n.startswith("checkpoint_") and n < storage.name(latest)),
+                   reverse=True)
+    for name in older:
+        candidate = storage.join(run_dir, name)
+        if storage.is_dir(candidate) and usable(candidate):
+            log.warning("%s is a step checkpoint of another number of workers than run.num_workers=%d: resuming "
+                        "from %s, the interrupted epoch trained again on %d workers", latest, world, candidate, world)
+            return candidate
+    raise ValueError(f"{latest} is a step checkpoint of another number of workers than run.num_workers={world}, and "
+                     f"{run_dir} keeps no epoch checkpoint before it (run.checkpoints_to_keep): resume with the "
+                     f"run's former run.num_workers, or raise run.checkpoints_to_keep")
+
+
 SNAPSHOT = "checkpoint_manager_snapshot.json"
 
 

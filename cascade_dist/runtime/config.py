@@ -28,8 +28,11 @@ from ..method.models import ModelConfig
 from ..method.objective import ObjectiveConfig
 from ..method.sections import ConfigFieldError, Problem, Section
 from ..method.training import OptimConfig
+from .elastic import accumulation_steps
 
 CONFIG_PACKAGE = "cascade_dist.configs"
+PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
+"""Ray placement-group strategies for the Train workers (SPREAD: one per node where it can)."""
 TRACKING_SCHEMES = ("http", "https", "file", "sqlite", "postgresql", "mysql", "mssql", "databricks")
 DEFAULT_CONFIG = "demo"
 
@@ -48,6 +51,9 @@ class RunConfig(Section):
     num_workers: int = 2
     use_gpu: bool = False
     cpus_per_worker: int = 1
+    placement_strategy: str = "PACK"
+    """How Ray places the workers (`ScalingConfig.placement_strategy`): PACK fills a node first,
+    SPREAD puts one per node where it can (STRICT_ variants fail rather than fall back)."""
     zero_stage: int = 0
     bf16: bool = False
     """bf16 weights and activations (DeepSpeed's bf16 mode); the policies' outputs, loss, rewards,
@@ -86,6 +92,9 @@ class RunConfig(Section):
         out = []
         if self.num_workers < 1:
             out.append(("num_workers", f"must be >= 1, got {self.num_workers}"))
+        if self.placement_strategy not in PLACEMENT_STRATEGIES:
+            out.append(("placement_strategy", f"expected one of {', '.join(PLACEMENT_STRATEGIES)}, "
+                                              f"got {self.placement_strategy!r}"))
         if self.zero_stage not in (0, 1, 2):
             out.append(("zero_stage", f"expected 0, 1 or 2, got {self.zero_stage}"))
         if self.fp16 and not self.use_gpu:
@@ -260,6 +269,11 @@ def validate(merged, check_data: bool = True) -> Config:
         problems += _check_model(cfg)
     if {"run", "tracking"} <= ok:
         problems += _check_tracking_store(cfg)
+    if {"data", "run"} <= ok and cfg.data.global_batch_size is not None:
+        try:
+            accumulation_steps(cfg.data.global_batch_size, cfg.data.batch_size, cfg.run.num_workers)
+        except ValueError as err:
+            problems.append(str(err))
     if check_data and {"model", "data", "run"} <= ok and not any(p.startswith(("model", "data")) for p in problems):
         problems += _check_against_manifest(cfg) + _check_warm_start(cfg)
     if problems:

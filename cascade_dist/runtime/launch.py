@@ -57,6 +57,7 @@ def run(cfg: Config, callbacks: Sequence = ()) -> TrainResult:
     cfg.tracking.tracking_uri = cfg.tracking.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     run_dir = storage.location(storage.join(cfg.run.storage_path, cfg.run.name))
     drop_missing_checkpoints(run_dir)  # a checkpoint deleted by hand: resume from the newest left
+    keep_the_runs_batch(cfg, run_dir)
     done = finished(cfg, run_dir)
     if done is not None:
         return done
@@ -68,7 +69,9 @@ def run(cfg: Config, callbacks: Sequence = ()) -> TrainResult:
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=to_container(cfg),
-        scaling_config=ScalingConfig(num_workers=cfg.run.num_workers, use_gpu=cfg.run.use_gpu, resources_per_worker=worker_resources(cfg)),
+        scaling_config=ScalingConfig(num_workers=cfg.run.num_workers, use_gpu=cfg.run.use_gpu,
+                                     resources_per_worker=worker_resources(cfg),
+                                     placement_strategy=cfg.run.placement_strategy),
         torch_config=TorchConfig(backend="nccl" if cfg.run.use_gpu else "gloo"),
         run_config=RunConfig(
             name=cfg.run.name,
@@ -79,6 +82,31 @@ def run(cfg: Config, callbacks: Sequence = ()) -> TrainResult:
         ),
     )
     return train_result(trainer.fit(), run_dir)
+
+
+def keep_the_runs_batch(cfg: Config, run_dir: Path | str) -> None:
+    """Set `data.global_batch_size`: the one this run started with (its config.yaml in `run_dir`),
+    so that a resume on another `run.num_workers` accumulates gradients to the same global batch
+    (`runtime.elastic`). A conflicting global batch, or a world change under ZeRO (whose optimiser
+    partitions are saved per rank), is a ConfigError naming the key."""
+    from omegaconf import OmegaConf
+
+    from .elastic import previous_global_batch, resolve_global_batch
+
+    config_file = storage.join(run_dir, "config.yaml")
+    previous = None
+    if storage.is_file(config_file):
+        previous = OmegaConf.to_container(OmegaConf.create(storage.read_text(config_file)))
+    try:
+        cfg.data.global_batch_size = resolve_global_batch(cfg.data.global_batch_size, cfg.data.batch_size,
+                                                          cfg.run.num_workers, previous_global_batch(previous))
+    except ValueError as err:
+        raise ConfigError([f"{err} ({config_file})"]) from None
+    before = ((previous or {}).get("run") or {}).get("num_workers")
+    if before is not None and before != cfg.run.num_workers and cfg.run.zero_stage > 0:
+        raise ConfigError([f"run.num_workers: {cfg.run.num_workers}, but {config_file} ran on {before} workers "
+                           f"with run.zero_stage={cfg.run.zero_stage}: ZeRO saves each rank's optimiser partition, "
+                           f"so resume on {before} workers (or train with run.zero_stage=0)"])
 
 
 def worker_resources(cfg: Config) -> dict[str, float]:

@@ -23,20 +23,25 @@ import torch.distributed as dist
 from ..data import make_loader, storage
 from ..method.evaluate import evaluate
 from ..method.training import EpochProgress, build_optimizer, make_budget, set_schedule_position, train_epoch
-from .checkpoint import load_engine_state, load_rank_state, resume_engine_state, save_engine_state
+from .checkpoint import (load_engine_state, load_rank_state, resumable_checkpoint, resume_engine_state,
+                         save_engine_state, write_position)
 from ..inference.calibration import CALIBRATION_FILE
 from .config import Config, from_container, save_config
+from .elastic import accumulation_steps
 from .operating_point import budget_calibration, describe
 
 FAULT_MARKER = "fault_injected"
 logger = logging.getLogger(__name__)
 
 
-def deepspeed_config(cfg: Config) -> dict:
-    """The DeepSpeed config, derived from the run's config (never a second file that can drift)."""
+def deepspeed_config(cfg: Config, world: int) -> dict:
+    """The DeepSpeed config, derived from the run's config (never a second file that can drift):
+    `data.batch_size` per worker and micro-step, accumulated to the run's global batch (`runtime.elastic`)."""
+    global_batch = cfg.data.global_batch_size or cfg.data.batch_size * world
     return {
+        "train_batch_size": global_batch,
         "train_micro_batch_size_per_gpu": cfg.data.batch_size,
-        "gradient_accumulation_steps": 1,
+        "gradient_accumulation_steps": accumulation_steps(global_batch, cfg.data.batch_size, world),
         "zero_optimization": {"stage": cfg.run.zero_stage},
         "zero_allow_untested_optimizer": True,
         "bf16": {"enabled": cfg.run.bf16},
@@ -118,7 +123,7 @@ def train_loop_per_worker(config: dict) -> None:
     model = cfg.model.build()
     optimizer, scheduler = build_optimizer(model, cfg.optim)
     deepspeed.init_distributed(dist_backend="nccl" if cfg.run.use_gpu else "gloo")
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=deepspeed_config(cfg))
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=deepspeed_config(cfg, world))
     if cfg.run.bf16 or cfg.run.fp16:
         batchnorm_stats_like_weights(model)
     if cfg.run.channels_last:  # after DeepSpeed's initial broadcast, which needs contiguous parameters;
@@ -129,7 +134,9 @@ def train_loop_per_worker(config: dict) -> None:
     start_epoch, tracking_state, alpha, resumed = 0, {}, None, None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
-        with checkpoint.as_directory() as ckpt_dir:
+        latest = storage.to_uri(checkpoint.filesystem, checkpoint.path)
+        chosen = resumable_checkpoint(latest, world)  # an epoch's end when the workers changed mid-epoch
+        with checkpoint.as_directory() if chosen == latest else storage.local_copy(chosen) as ckpt_dir:
             state, used = resume_engine_state(engine, ckpt_dir, scheduler, rank, agree=lambda ok: _all_ranks(ok, all_reduce))
             resumed = resume_position(state, used, rank, world, model, generator)
         start_epoch, tracking_state, alpha = state["epoch"] + (resumed is None), state["tracking"], state.get("alpha")
@@ -175,21 +182,24 @@ def train_loop_per_worker(config: dict) -> None:
         (Path(directory) / f"steps_rank{rank}_epoch{epoch}.json").write_text(json.dumps(steps))
         if rank == 0:  # the checkpoint carries what it takes to rebuild and judge the model
             save_config(cfg, Path(directory) / "config.yaml")
+            write_position(directory, epoch, position.steps if position else None, world)
 
     report = None
     train_loader.track_keys = cfg.run.log_sample_keys
+    accumulate = engine.gradient_accumulation_steps()  # micro-batches per optimiser step (runtime.elastic)
     for epoch in range(start_epoch, cfg.optim.epochs):
         resume_here = resumed if epoch == start_epoch else None
         position = EpochProgress(**resume_here["progress"]) if resume_here else None
         train_loader.set_epoch(epoch, start_batch=position.steps if position else 0)
+        epoch_steps = len(train_loader) // accumulate * accumulate  # no optimiser step straddles two epochs
         steps: list[dict] = resume_here["steps"] if resume_here else []
 
-        def after_step(progress: EpochProgress, epoch=epoch, steps=steps) -> None:
+        def after_step(progress: EpochProgress, epoch=epoch, steps=steps, epoch_steps=epoch_steps) -> None:
             steps[-1]["time"] = time.time()  # when the step ended (a replayed step has a later one)
             if cfg.run.log_sample_keys:
                 steps[-1]["keys"] = list(train_loader.last_keys or [])
-            every = cfg.run.checkpoint_every_steps
-            if every and progress.steps % every == 0 and progress.steps < len(train_loader):
+            every = (cfg.run.checkpoint_every_steps or 0) * accumulate  # optimiser steps, in micro-steps
+            if every and progress.steps % every == 0 and progress.steps < epoch_steps:
                 with tempfile.TemporaryDirectory() as tmp:  # a step checkpoint: Tune and MLflow skip it
                     save(tmp, epoch, steps, progress)
                     ray.train.report({"epoch": epoch, "epoch_step": progress.steps},
@@ -198,7 +208,7 @@ def train_loop_per_worker(config: dict) -> None:
 
         train_stats = train_epoch(engine, train_loader, epoch, cfg.optim, cfg.objective, all_reduce, generator,
                                   device, progress=rank == 0 and cfg.run.progress, step_log=steps, budget=budget,
-                                  scheduler=scheduler, position=position, on_step=after_step)
+                                  scheduler=scheduler, position=position, on_step=after_step, max_steps=epoch_steps)
         scheduler.step()
         average_buffers(model)
         calibration = None
@@ -211,7 +221,8 @@ def train_loop_per_worker(config: dict) -> None:
             report.operating_point = describe(calibration)
         skipped = all_reduce(torch.tensor([float(train_loader.skipped + eval_loader.skipped)]))
         metrics = {"epoch": epoch, **{f"train_{k}": v for k, v in _mean_over_workers(train_stats, all_reduce).items()},
-                   **report.metrics(), "data_skipped": float(skipped)}  # bad samples skipped so far, all ranks
+                   **report.metrics(), "data_skipped": float(skipped),  # bad samples skipped so far, all ranks
+                   "workers": world, "accumulation_steps": accumulate, "optimizer_steps": engine.global_steps}
         with tempfile.TemporaryDirectory() as tmp:  # the checkpoint first: a tracking outage loses nothing
             save(tmp, epoch, steps)
             if rank == 0:

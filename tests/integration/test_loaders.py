@@ -117,6 +117,29 @@ def test_a_fresh_loader_resumes_an_epoch_at_any_batch_with_its_keys(backend, sma
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_an_epoch_after_one_broken_off_is_that_epochs_own(backend, small_fashion_mnist_shards):
+    """A loop that breaks out of epoch 0 (after its last batch, as `train_epoch(max_steps=)` does, or
+    mid-way) leaves epoch 1 exactly what a fresh loader yields for epoch 1: same keys, same order."""
+    kw = dict(backend=backend, train=True, rank=0, world_size=2, seed=5, num_workers=2)
+
+    def keys_of_epoch_1(break_after=None):
+        loader = make_loader(small_fashion_mnist_shards, "train", 64, **kw)
+        loader.track_keys = True
+        if break_after is not None:
+            loader.set_epoch(0)
+            for n, _ in enumerate(loader, 1):
+                if n == break_after:
+                    break
+        loader.set_epoch(1)
+        return [list(loader.last_keys) for _ in loader]
+
+    fresh = keys_of_epoch_1()
+    assert len(fresh) == (1000 // 2) // 64
+    assert keys_of_epoch_1(break_after=len(fresh)) == fresh
+    assert keys_of_epoch_1(break_after=2) == fresh
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_training_batches_shuffle_augment_and_reproduce(backend, fashion_mnist_shards):
     root = fashion_mnist_shards
 

@@ -94,8 +94,9 @@ def test_bf16_is_allowed_on_cpu_workers_and_reaches_deepspeed():
 
     cfg = load_config("demo", ["run.bf16=true", "run.channels_last=false"], check_data=False)
     assert cfg.run.bf16 and not cfg.run.use_gpu
-    ds = deepspeed_config(cfg)
+    ds = deepspeed_config(cfg, world=2)
     assert ds["bf16"] == {"enabled": True} and ds["fp16"] == {"enabled": False}
+    assert (ds["train_batch_size"], ds["gradient_accumulation_steps"]) == (2 * cfg.data.batch_size, 1)
 
 
 def test_object_store_options_are_checked_before_any_worker(small_fashion_mnist_shards, capsys, monkeypatch):
