@@ -84,3 +84,43 @@ alive_any() {
     done
     return 1
 }
+
+# start_service WHAT PIDFILE LOGFILE PATTERN TIMEOUT_S MODE READY -- COMMAND...: runs COMMAND in
+# its own process group (setsid: the stop script stops exactly it), records its pid, and waits
+# until the shell command READY succeeds. If COMMAND exits first, or READY_S passes (then it is
+# stopped, MODE as in stop_group), it dies with the log's tail. Prints how long it took.
+start_service() {
+    local what="$1" pidfile="$2" logfile="$3" pattern="$4" timeout="$5" mode="$6" ready="$7" pid deadline
+    shift 8  # ... and the "--"
+    local start_t=$SECONDS
+    setsid "$@" >"$logfile" 2>&1 </dev/null &
+    pid=$!
+    echo "$pid" >"$pidfile"
+    log "starting $what (pid $pid) ..."
+    deadline=$((SECONDS + timeout))
+    until eval "$ready"; do
+        if ! kill -0 "$pid" 2>/dev/null; then
+            rm -f "$pidfile"
+            tail -n 20 "$logfile" >&2
+            die "$what exited; full log: $logfile"
+        fi
+        if ((SECONDS >= deadline)); then
+            tail -n 20 "$logfile" >&2
+            stop_group "$pidfile" "$pattern" 30 "$mode" || true
+            die "$what was not ready within ${timeout}s; stopped; log: $logfile"
+        fi
+        sleep 0.25
+    done
+    log "$what ready in $((SECONDS - start_t))s; log $logfile"
+}
+
+# stop_service WHAT PIDFILE PATTERN TIMEOUT_S MODE: stops what start_service started (stop_group),
+# or says that nothing runs from PIDFILE's directory; exits 0 either way (idempotent).
+stop_service() {
+    local start_t=$SECONDS
+    if stop_group "$2" "$3" "$4" "$5"; then
+        log "$1 stopped in $((SECONDS - start_t))s"
+    else
+        log "no $1 running from $(dirname "$2") (nothing to stop)"
+    fi
+}

@@ -124,26 +124,5 @@ fi
 # shellcheck disable=SC2206
 [[ -n "${RAY_START_EXTRA_ARGS:-}" ]] && args+=($RAY_START_EXTRA_ARGS)
 
-start_t=$SECONDS
-# setsid: the head gets its own process group, so stop_head.sh can stop exactly this head
-# (plain `ray stop` would kill every Ray process of this user on the machine).
-setsid ray "${args[@]}" >"$LOGFILE" 2>&1 </dev/null &
-pid=$!
-echo "$pid" >"$PIDFILE"
-log "starting Ray head (pid $pid), waiting for the job server at $ADDRESS ..."
-deadline=$((SECONDS + READY_TIMEOUT))
-until job_server_ready; do
-    if ! kill -0 "$pid" 2>/dev/null; then
-        rm -f "$PIDFILE"
-        tail -n 20 "$LOGFILE" >&2
-        die "ray start exited; full log: $LOGFILE"
-    fi
-    if ((SECONDS >= deadline)); then
-        tail -n 20 "$LOGFILE" >&2
-        stop_group "$PIDFILE" "$PATTERN" 30 leader || true
-        die "job server did not answer within ${READY_TIMEOUT}s; head stopped; log: $LOGFILE"
-    fi
-    sleep 0.5
-done
-log "ready in $((SECONDS - start_t))s"
+start_service "Ray head" "$PIDFILE" "$LOGFILE" "$PATTERN" "$READY_TIMEOUT" leader job_server_ready -- ray "${args[@]}"
 print_usage

@@ -56,27 +56,7 @@ args=(server --host "$HOST" --port "$PORT" --workers "${MLFLOW_WORKERS:-1}"
 [[ " ${args[*]} " == *" --disable-security-middleware "* ]] &&
     die "--disable-security-middleware is refused here (DESIGN §4); use --allowed-hosts"
 
-start_t=$SECONDS
 # No background job runner (huey workers): 2 processes / ~0.5 GB instead of ~15 / ~3 GB.
-# setsid: own process group, so stop_mlflow.sh stops the server and its uvicorn workers.
-MLFLOW_SERVER_ENABLE_JOB_EXECUTION="${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false}" \
-    setsid mlflow "${args[@]}" >"$LOGFILE" 2>&1 </dev/null &
-pid=$!
-echo "$pid" >"$PIDFILE"
-log "starting MLflow server (pid $pid), waiting for $URL/health ..."
-deadline=$((SECONDS + READY_TIMEOUT))
-until healthy; do
-    if ! kill -0 "$pid" 2>/dev/null; then
-        rm -f "$PIDFILE"
-        tail -n 20 "$LOGFILE" >&2
-        die "mlflow server exited; full log: $LOGFILE"
-    fi
-    if ((SECONDS >= deadline)); then
-        tail -n 20 "$LOGFILE" >&2
-        stop_group "$PIDFILE" "$PATTERN" 15 group || true
-        die "no answer from $URL/health within ${READY_TIMEOUT}s; server stopped; log: $LOGFILE"
-    fi
-    sleep 0.25
-done
-log "ready in $((SECONDS - start_t))s"
+export MLFLOW_SERVER_ENABLE_JOB_EXECUTION="${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false}"
+start_service "MLflow server at $URL" "$PIDFILE" "$LOGFILE" "$PATTERN" "$READY_TIMEOUT" group healthy -- mlflow "${args[@]}"
 print_usage

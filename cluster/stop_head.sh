@@ -11,9 +11,4 @@ DASH_PORT="${RAY_DASHBOARD_PORT:-8265}"
 STATE_DIR="${RAY_HEAD_STATE_DIR:-$STATE_ROOT/ray-head-$DASH_PORT}"
 PIDFILE="$STATE_DIR/ray-head.pid"
 
-start_t=$SECONDS
-if stop_group "$PIDFILE" "ray start --head" "${RAY_HEAD_STOP_TIMEOUT:-60}" leader; then
-    log "Ray head stopped in $((SECONDS - start_t))s"
-else
-    log "no Ray head running from $STATE_DIR (nothing to stop)"
-fi
+stop_service "Ray head" "$PIDFILE" "ray start --head" "${RAY_HEAD_STOP_TIMEOUT:-60}" leader

@@ -8,9 +8,4 @@ source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
 HOME_DIR="${MLFLOW_HOME:-./mlflow-server}"
 PIDFILE="$HOME_DIR/mlflow-server.pid"
 
-start_t=$SECONDS
-if stop_group "$PIDFILE" "mlflow server" "${MLFLOW_STOP_TIMEOUT:-30}" group; then
-    log "MLflow server stopped in $((SECONDS - start_t))s"
-else
-    log "no MLflow server running from $HOME_DIR (nothing to stop)"
-fi
+stop_service "MLflow server" "$PIDFILE" "mlflow server" "${MLFLOW_STOP_TIMEOUT:-30}" group

@@ -32,6 +32,7 @@ from .elastic import accumulation_steps
 
 CONFIG_PACKAGE = "cascade_dist.configs"
 PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
+FAIL_MODES = ("exit", "pause")
 """Ray placement-group strategies for the Train workers (SPREAD: one per node where it can)."""
 TRACKING_SCHEMES = ("http", "https", "file", "sqlite", "postgresql", "mysql", "mssql", "databricks")
 DEFAULT_CONFIG = "demo"
@@ -79,6 +80,9 @@ class RunConfig(Section):
     fail_at_epoch: Optional[int] = None
     """Fault injection for tests: the last rank dies once in this epoch, after `fail_at_step` steps."""
     fail_at_step: int = 1
+    fail_mode: str = "exit"
+    """"exit": the last rank exits (a crash inside the run); "pause": every rank waits there (120 s, once)
+    for the test to kill a worker process from outside, e.g. the one on another node."""
     control: bool = False
     """Also train the static control and print it beside the cascade (`runtime.control`): the
     warm-up runs once as `<name>-warmup`, then the cascade's joint epochs (`<name>`) and, from the same
@@ -112,6 +116,8 @@ class RunConfig(Section):
             out.append(("checkpoint_every_steps", f"must be >= 1 (or null: per epoch only), got {self.checkpoint_every_steps}"))
         if self.fail_at_step < 1:
             out.append(("fail_at_step", f"must be >= 1 (the worker dies after that many steps), got {self.fail_at_step}"))
+        if self.fail_mode not in FAIL_MODES:
+            out.append(("fail_mode", f"expected one of {', '.join(FAIL_MODES)}, got {self.fail_mode!r}"))
         if self.checkpoints_to_keep < 1:
             out.append(("checkpoints_to_keep", f"must be >= 1, got {self.checkpoints_to_keep}"))
         if self.cpus_per_worker <= 0:

@@ -16,6 +16,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+import ray
 import ray.train
 import torch
 import torch.distributed as dist
@@ -290,18 +291,29 @@ def resume_position(state: dict, directory: str, rank: int, world: int, module: 
     return {"progress": progress, "budget_alpha": position["budget_alpha"], "steps": steps}
 
 
+PAUSE_S = 120
+"""How long `run.fail_mode=pause` holds every rank (the test kills a worker meanwhile)."""
+
+
 def _maybe_inject_fault(cfg: Config, epoch: int, step: int, rank: int, steps: list[dict]) -> None:
-    """Fault injection for tests: the last rank dies once, after step `run.fail_at_step` of epoch
-    `run.fail_at_epoch` (it gives the controller a few seconds to register the checkpoints before,
-    while the other ranks go on and wait for it in their next all-reduce). The marker file records
-    the steps it trained in that epoch (their losses, and keys with `run.log_sample_keys`)."""
+    """Fault injection for tests, once, after step `run.fail_at_step` of epoch `run.fail_at_epoch`.
+
+    `run.fail_mode=exit`: the last rank dies (after a few seconds for the controller to register the
+    checkpoints before; the other ranks go on and wait for it in their next all-reduce); its marker
+    file records the steps it trained in that epoch (losses, and keys with `run.log_sample_keys`).
+    `pause`: every rank writes its marker (`<marker>_rank<r>`, with its pid and node) and waits
+    `PAUSE_S`, mid-epoch, for a worker process to be killed from outside."""
     if cfg.run.fail_at_epoch is None or (epoch, step) != (cfg.run.fail_at_epoch, cfg.run.fail_at_step):
         return
-    if rank != ray.train.get_context().get_world_size() - 1:
+    pause = cfg.run.fail_mode == "pause"
+    if not pause and rank != ray.train.get_context().get_world_size() - 1:
         return
-    marker = storage.join(storage.resolve_storage(cfg.run.storage_path), cfg.run.name, FAULT_MARKER)
+    marker = storage.join(storage.resolve_storage(cfg.run.storage_path), cfg.run.name,
+                          f"{FAULT_MARKER}_rank{rank}" if pause else FAULT_MARKER)
     if storage.is_file(marker):
         return
-    storage.write_text(marker, json.dumps({"rank": rank, "epoch": epoch, "step": step, "steps": steps}))
-    time.sleep(5)
-    os._exit(1)
+    storage.write_text(marker, json.dumps({"rank": rank, "epoch": epoch, "step": step, "steps": steps, "pid": os.getpid(),
+                                           "node_id": ray.get_runtime_context().get_node_id()}))
+    time.sleep(PAUSE_S if pause else 5)
+    if not pause:
+        os._exit(1)

@@ -2,7 +2,8 @@
 
 Real components, started the way a user starts them: `cluster/start_head.sh` (Ray 2.60 with
 token authentication) and `cluster/start_mlflow.sh` on free ports, a real `ray job submit` whose
-job logs to that MLflow server, then the stop scripts. The token lives in a temporary file
+job logs to that MLflow server, then the stop scripts (the training job itself runs on the 2-node
+cluster of test_two_node_cluster.py). The token lives in a temporary file
 (RAY_AUTH_TOKEN_PATH), so the user's ~/.ray/auth_token is never read or written.
 """
 
@@ -11,12 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import signal
-import socket
 import subprocess
-import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -25,14 +21,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
-CLUSTER = REPO / "cluster"
-RAY = str(Path(sys.executable).parent / "ray")
+from ray_cluster import (CLUSTER, RAY, REPO, Cluster, group_pids, http, listening, non_loopback_ips, port_open,
+                         run_cmd)
+
 # Env var names `python -m cascade_dist.train` passes to ray.init(runtime_env=...): the job's
 # runtime env must not name them too (Ray refuses to merge overlapping env_vars keys).
 TRAIN_DRIVER_ENV_VARS = {"DS_ACCELERATOR", "PYTHONUNBUFFERED", "MLFLOW_TRACKING_URI"}
-CLIENT_ENV_VARS = ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN",
-                   "RAY_AUTH_TOKEN_PATH", "MLFLOW_TRACKING_URI")
 
 JOB_SCRIPT = '''\
 import sys
@@ -45,167 +39,6 @@ with mlflow.start_run(run_name="smoke") as run:
     mlflow.log_text("hello from a ray job", "hello.txt")
 print("RUN_ID", run.info.run_id)
 '''
-
-
-# --------------------------------------------------------------------------------------------
-# helpers
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _port_open(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=1):
-            return True
-    except OSError:
-        return False
-
-
-def _non_loopback_ips() -> list[str]:
-    out = subprocess.run(["hostname", "-I"], capture_output=True, text=True).stdout.split()
-    return [ip for ip in out if not ip.startswith("127.") and ip != "::1"]
-
-
-def _group_pids(pgid: int) -> set[int]:
-    """The processes of a server: its process group plus every descendant of the leader (Ray's
-    workers and job drivers start process groups of their own)."""
-    out = subprocess.run(["pgrep", "-g", str(pgid)], capture_output=True, text=True).stdout
-    pids = {int(p) for p in out.split()}
-    table = subprocess.run(["ps", "-eo", "pid=,ppid=,stat="], capture_output=True, text=True).stdout
-    rows = [line.split() for line in table.splitlines()]
-    parent = {int(r[0]): int(r[1]) for r in rows if not r[2].startswith("Z")}
-    live = set(parent)
-    pids &= live
-    tree, grew = {pgid} & live, True
-    while grew:
-        new = {p for p, pp in parent.items() if pp in tree and p not in tree}
-        tree |= new
-        grew = bool(new)
-    return pids | tree
-
-
-def _listening(pids: set[int]) -> list[str]:
-    """Local addresses of the TCP sockets that processes in `pids` listen on (from `ss`)."""
-    out = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, check=True).stdout
-    addrs = []
-    for line in out.splitlines():
-        owners = {int(p) for p in re.findall(r"pid=(\d+)", line)}
-        if owners & pids:
-            addrs.append(line.split()[3])
-    return addrs
-
-
-def _http(url: str, token: str | None = None, body: dict | None = None) -> tuple[int, bytes]:
-    headers = {"Content-Type": "application/json"}
-    if token is not None:
-        headers["Authorization"] = f"Bearer {token}"
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, headers=headers, method="POST" if data else "GET")
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as err:
-        return err.code, err.read()
-
-
-def _run(cmd: list[str], env: dict, timeout: float = 120, cwd: Path | None = None):
-    return subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
-
-
-def _kill_group_from_pidfile(pidfile: Path) -> None:
-    """Last resort if a stop script failed: SIGKILL the process group recorded in `pidfile`."""
-    try:
-        pid = int(pidfile.read_text())
-        os.killpg(pid, signal.SIGKILL)
-    except (OSError, ValueError):
-        pass
-
-
-# --------------------------------------------------------------------------------------------
-# the running head + MLflow server (one per module; always stopped, even when a test fails)
-
-
-class Cluster:
-    def __init__(self, tmp: Path):
-        self.tmp = tmp
-        self.dash_port, self.gcs_port, self.client_port, self.agent_port, self.mlflow_port = (
-            _free_port() for _ in range(5))
-        self.token_path = tmp / "auth" / "auth_token"
-        # Ray's Unix sockets live under --temp-dir: keep that path short (107-byte limit).
-        self.ray_temp = Path(tempfile.mkdtemp(prefix="cdray", dir="/tmp"))
-        self.head_state = tmp / "head"
-        self.mlflow_home = tmp / "mlflow"
-        base = {k: v for k, v in os.environ.items() if k not in CLIENT_ENV_VARS}
-        self.env = {
-            **base,
-            "RAY_DASHBOARD_PORT": str(self.dash_port),
-            "RAY_GCS_PORT": str(self.gcs_port),
-            "RAY_CLIENT_SERVER_PORT": str(self.client_port),
-            "RAY_DASHBOARD_AGENT_PORT": str(self.agent_port),
-            "RAY_NUM_CPUS": "2",
-            "RAY_TEMP_DIR": str(self.ray_temp),
-            "RAY_HEAD_STATE_DIR": str(self.head_state),
-            "RAY_AUTH_TOKEN_PATH": str(self.token_path),
-            "MLFLOW_PORT": str(self.mlflow_port),
-            "MLFLOW_HOME": str(self.mlflow_home),
-        }
-        self.address = f"http://127.0.0.1:{self.dash_port}"
-        self.mlflow_url = f"http://127.0.0.1:{self.mlflow_port}"
-        self.timings: dict[str, float] = {}
-
-    # a client shell that holds the token, as start_head.sh tells the user to set it up
-    def client_env(self, **extra) -> dict:
-        env = {k: v for k, v in self.env.items() if not k.startswith(("RAY_", "MLFLOW_"))}
-        env.update(RAY_ADDRESS=self.address, RAY_AUTH_MODE="token",
-                   RAY_AUTH_TOKEN_PATH=str(self.token_path))
-        env.update(extra)
-        return env
-
-    @property
-    def token(self) -> str:
-        return self.token_path.read_text().strip()
-
-    @property
-    def head_pid(self) -> int:
-        return int((self.head_state / "ray-head.pid").read_text())
-
-    @property
-    def mlflow_pid(self) -> int:
-        return int((self.mlflow_home / "mlflow-server.pid").read_text())
-
-    def start(self) -> None:
-        t0 = time.monotonic()
-        head = subprocess.Popen([str(CLUSTER / "start_head.sh")], env=self.env, cwd=self.tmp,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        mlflow = subprocess.Popen([str(CLUSTER / "start_mlflow.sh")], env=self.env, cwd=self.tmp,
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        self.head_out = head.communicate(timeout=180)[0]
-        self.timings["start_head_s"] = time.monotonic() - t0
-        self.mlflow_out = mlflow.communicate(timeout=180)[0]
-        self.timings["start_both_s"] = time.monotonic() - t0
-        assert head.returncode == 0, self.head_out
-        assert mlflow.returncode == 0, self.mlflow_out
-
-    def stop(self) -> tuple[subprocess.CompletedProcess, subprocess.CompletedProcess]:
-        t0 = time.monotonic()
-        head = _run([str(CLUSTER / "stop_head.sh")], self.env, timeout=120, cwd=self.tmp)
-        self.timings.setdefault("stop_head_s", time.monotonic() - t0)
-        mlflow = _run([str(CLUSTER / "stop_mlflow.sh")], self.env, timeout=60, cwd=self.tmp)
-        self.timings.setdefault("stop_both_s", time.monotonic() - t0)
-        return head, mlflow
-
-    def cleanup(self) -> None:
-        """Whatever happened: nothing of this module is left running."""
-        try:
-            self.stop()
-        finally:
-            _kill_group_from_pidfile(self.head_state / "ray-head.pid")
-            _kill_group_from_pidfile(self.mlflow_home / "mlflow-server.pid")
-            shutil.rmtree(self.ray_temp, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -352,31 +185,31 @@ def test_start_prints_how_to_connect(cluster):
 
 def test_start_is_idempotent(cluster):
     pid = cluster.head_pid
-    r = _run([str(CLUSTER / "start_head.sh")], cluster.env, timeout=60, cwd=cluster.tmp)
+    r = run_cmd([str(CLUSTER / "start_head.sh")], cluster.env, timeout=60, cwd=cluster.tmp)
     assert r.returncode == 0 and "already running" in r.stdout, r.stdout + r.stderr
     assert cluster.head_pid == pid
-    r = _run([str(CLUSTER / "start_mlflow.sh")], cluster.env, timeout=60, cwd=cluster.tmp)
+    r = run_cmd([str(CLUSTER / "start_mlflow.sh")], cluster.env, timeout=60, cwd=cluster.tmp)
     assert r.returncode == 0 and "already running" in r.stdout, r.stdout + r.stderr
 
 
 def test_job_server_requires_the_token(cluster, tmp_path):
     url = f"{cluster.address}/api/jobs/"
-    assert _http(url)[0] == 401
-    assert _http(url, token="not-the-token")[0] in (401, 403)
-    assert _http(url, token=cluster.token)[0] == 200
+    assert http(url)[0] == 401
+    assert http(url, token="not-the-token")[0] in (401, 403)
+    assert http(url, token=cluster.token)[0] == 200
 
     # The CLI: no token anywhere (a fresh HOME, auth mode unset) -> refused ...
     no_token = cluster.client_env(HOME=str(tmp_path))
     del no_token["RAY_AUTH_MODE"], no_token["RAY_AUTH_TOKEN_PATH"]
-    r = _run([RAY, "job", "list"], no_token)
+    r = run_cmd([RAY, "job", "list"], no_token)
     assert r.returncode != 0 and "authentication token" in (r.stdout + r.stderr), r.stdout + r.stderr
     # ... a wrong token -> refused ...
     wrong = tmp_path / "wrong_token"
     wrong.write_text("0" * 32)
-    r = _run([RAY, "job", "list"], cluster.client_env(HOME=str(tmp_path), RAY_AUTH_TOKEN_PATH=str(wrong)))
+    r = run_cmd([RAY, "job", "list"], cluster.client_env(HOME=str(tmp_path), RAY_AUTH_TOKEN_PATH=str(wrong)))
     assert r.returncode != 0 and "invalid or incorrect" in (r.stdout + r.stderr), r.stdout + r.stderr
     # ... the token -> works.
-    r = _run([RAY, "job", "list"], cluster.client_env())
+    r = run_cmd([RAY, "job", "list"], cluster.client_env())
     assert r.returncode == 0, r.stdout + r.stderr
 
 
@@ -388,23 +221,23 @@ def test_submitted_job_logs_to_the_mlflow_server(cluster, tmp_path):
     (job_dir / ".venv" / "big.bin").write_bytes(b"\0" * 1024)
     submission_id = f"cluster-smoke-{os.getpid()}-{int(time.time())}"
     t0 = time.monotonic()
-    r = _run([RAY, "job", "submit", "--submission-id", submission_id, "--working-dir", str(job_dir),
+    r = run_cmd([RAY, "job", "submit", "--submission-id", submission_id, "--working-dir", str(job_dir),
               "--runtime-env", str(CLUSTER / "runtime_env.yaml"), "--",
               "python", "script.py", cluster.mlflow_url], cluster.client_env(), timeout=180)
     cluster.timings["job_submit_s"] = time.monotonic() - t0
     assert r.returncode == 0, r.stdout + r.stderr
     assert cluster.token not in r.stdout + r.stderr
 
-    status, body = _http(f"{cluster.address}/api/jobs/{submission_id}", token=cluster.token)
+    status, body = http(f"{cluster.address}/api/jobs/{submission_id}", token=cluster.token)
     assert status == 200 and json.loads(body)["status"] == "SUCCEEDED", body
-    logs = _http(f"{cluster.address}/api/jobs/{submission_id}/logs", token=cluster.token)[1].decode()
+    logs = http(f"{cluster.address}/api/jobs/{submission_id}/logs", token=cluster.token)[1].decode()
     run_id = re.search(r"RUN_ID (\w+)", logs).group(1)
 
     # Read the metric back through the server's REST API.
-    status, body = _http(f"{cluster.mlflow_url}/api/2.0/mlflow/experiments/get-by-name?experiment_name=cluster-smoke")
+    status, body = http(f"{cluster.mlflow_url}/api/2.0/mlflow/experiments/get-by-name?experiment_name=cluster-smoke")
     assert status == 200, body
     experiment_id = json.loads(body)["experiment"]["experiment_id"]
-    status, body = _http(f"{cluster.mlflow_url}/api/2.0/mlflow/runs/search",
+    status, body = http(f"{cluster.mlflow_url}/api/2.0/mlflow/runs/search",
                          body={"experiment_ids": [experiment_id], "filter": "metrics.answer = 42"})
     assert status == 200, body
     runs = json.loads(body)["runs"]
@@ -413,7 +246,7 @@ def test_submitted_job_logs_to_the_mlflow_server(cluster, tmp_path):
     assert (metric["key"], metric["value"], int(metric["step"])) == ("answer", 42.0, 3)
     # Artifacts go through the server's proxy into MLFLOW_HOME/artifacts.
     assert runs[0]["info"]["artifact_uri"].startswith("mlflow-artifacts:/")
-    status, body = _http(f"{cluster.mlflow_url}/api/2.0/mlflow-artifacts/artifacts/"
+    status, body = http(f"{cluster.mlflow_url}/api/2.0/mlflow-artifacts/artifacts/"
                          f"{experiment_id}/{run_id}/artifacts/hello.txt")
     assert (status, body) == (200, b"hello from a ray job")
     assert list((cluster.mlflow_home / "artifacts").rglob("hello.txt"))
@@ -425,67 +258,20 @@ def test_submitted_job_logs_to_the_mlflow_server(cluster, tmp_path):
     assert err.value.code == 403
 
 
-PASSWORD = "Zq7hunter2"  # a word no store schema or log holds by itself
-
-
-def test_train_job_end_to_end(cluster, tmp_path, small_fashion_mnist_shards):
-    """`ray job submit --working-dir . -- python -m cascade_dist.train <tiny config>` on the head,
-    logging to the MLflow server: SUCCEEDED, and the run's metrics readable over REST."""
-    submission_id = f"train-e2e-{os.getpid()}-{int(time.time())}"
-    overrides = [
-        f"data.shards={small_fashion_mnist_shards}", "data.batch_size=64", "data.eval_batch_size=250",
-        "model.classifiers=[preact_resnet8,preact_resnet14]", "objective.budget=null", "optim.warmup_epochs=1", "optim.joint_epochs=1",
-        f"run.storage_path={tmp_path / 'runs'}", "run.name=e2e", "run.progress=false",
-        # a password in the URI (the server ignores basic auth): it must reach no param, file or log
-        f"tracking.tracking_uri={cluster.mlflow_url.replace('://', f'://user:{PASSWORD}@')}", "tracking.experiment=e2e",
-        "tracking.log_model=false",
-    ]
-    t0 = time.monotonic()
-    r = _run([RAY, "job", "submit", "--submission-id", submission_id, "--working-dir", str(REPO),
-              "--runtime-env", str(CLUSTER / "runtime_env.yaml"), "--",
-              "python", "-m", "cascade_dist.train", "--config", "demo", *overrides],
-             cluster.client_env(), timeout=600, cwd=REPO)
-    cluster.timings["train_job_s"] = time.monotonic() - t0
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    status, body = _http(f"{cluster.address}/api/jobs/{submission_id}", token=cluster.token)
-    assert status == 200 and json.loads(body)["status"] == "SUCCEEDED", body
-    assert "cascade (tau=0.50)" in r.stdout  # the summary table reached the job's log
-
-    status, body = _http(f"{cluster.mlflow_url}/api/2.0/mlflow/experiments/get-by-name?experiment_name=e2e")
-    assert status == 200, body
-    experiment_id = json.loads(body)["experiment"]["experiment_id"]
-    status, body = _http(f"{cluster.mlflow_url}/api/2.0/mlflow/runs/search", body={"experiment_ids": [experiment_id]})
-    runs = json.loads(body)["runs"]
-    assert len(runs) == 1 and runs[0]["info"]["status"] == "FINISHED"
-    metrics = {m["key"]: m for m in runs[0]["data"]["metrics"]}
-    assert {"accuracy", "cost_pct", "exit_frac_stage0", "train_loss"} <= set(metrics)
-    assert int(metrics["accuracy"]["step"]) == 1 and 0.1 < metrics["accuracy"]["value"] <= 1.0
-    params = {p["key"]: p["value"] for p in runs[0]["data"]["params"]}
-    assert params["run.name"] == "e2e" and params["model.classifiers"] == "['preact_resnet8', 'preact_resnet14']"
-    assert params["tracking.tracking_uri"] == cluster.mlflow_url.replace("://", "://user:***@")
-    # the secret is nowhere: the job's output, the run directory, the MLflow store and its artifacts
-    ours = [line for line in (r.stdout + r.stderr).splitlines()
-            if not line.startswith("Running entrypoint for job")]  # Ray's echo of the user's own command line
-    assert not [line for line in ours if PASSWORD in line]
-    leaks = [p for root in (tmp_path / "runs", cluster.mlflow_home) for p in root.rglob("*")
-             if p.is_file() and PASSWORD.encode() in p.read_bytes()]
-    assert not leaks, leaks
-
-
 def test_servers_listen_on_loopback_only(cluster):
     """After the job: the head, its agents, the job's idle workers and MLflow."""
-    head_pids = _group_pids(cluster.head_pid)
-    mlflow_pids = _group_pids(cluster.mlflow_pid)
+    head_pids = group_pids(cluster.head_pid)
+    mlflow_pids = group_pids(cluster.mlflow_pid)
     assert head_pids and mlflow_pids
-    addrs = _listening(head_pids | mlflow_pids)
+    addrs = listening(head_pids | mlflow_pids)
     assert f"127.0.0.1:{cluster.dash_port}" in addrs
     assert any(a.endswith(f":{cluster.gcs_port}") for a in addrs)
     assert f"127.0.0.1:{cluster.mlflow_port}" in addrs
     exposed = [a for a in addrs if not a.rsplit(":", 1)[0].strip("[]").endswith(("127.0.0.1", "::1"))]
     assert not exposed, f"listening beyond loopback: {exposed}"
-    for ip in _non_loopback_ips():
+    for ip in non_loopback_ips():
         for port in (cluster.dash_port, cluster.gcs_port, cluster.agent_port, cluster.mlflow_port):
-            assert not _port_open(ip, port), f"{ip}:{port} accepts connections"
+            assert not port_open(ip, port), f"{ip}:{port} accepts connections"
 
 
 def test_token_not_in_logs(cluster):
@@ -498,18 +284,18 @@ def test_token_not_in_logs(cluster):
 
 def test_stop_closes_everything(cluster):
     head_pgid, mlflow_pgid = cluster.head_pid, cluster.mlflow_pid
-    before = _group_pids(head_pgid) | _group_pids(mlflow_pgid)
+    before = group_pids(head_pgid) | group_pids(mlflow_pgid)
     assert len(before) > 3
     head, mlflow = cluster.stop()
     assert head.returncode == 0 and "stopped" in head.stdout, head.stdout + head.stderr
     assert mlflow.returncode == 0 and "stopped" in mlflow.stdout, mlflow.stdout + mlflow.stderr
-    assert not _group_pids(head_pgid) and not _group_pids(mlflow_pgid)
+    assert not group_pids(head_pgid) and not group_pids(mlflow_pgid)
     table = subprocess.run(["ps", "-eo", "pid=,stat="], capture_output=True, text=True).stdout
     alive = {int(p) for p, st in (line.split() for line in table.splitlines()) if not st.startswith("Z")}
     assert not before & alive, f"left running: {before & alive}"
     for port in (cluster.dash_port, cluster.gcs_port, cluster.client_port, cluster.agent_port,
                  cluster.mlflow_port):
-        assert not _port_open("127.0.0.1", port), f"port {port} still open"
+        assert not port_open("127.0.0.1", port), f"port {port} still open"
     # stopping again is a no-op
     head, mlflow = cluster.stop()
     assert head.returncode == 0 and "nothing to stop" in head.stdout
