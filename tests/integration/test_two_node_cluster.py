@@ -17,6 +17,7 @@ import time
 import pytest
 
 from cascade_dist.data import storage
+from cascade_dist.runtime.checkpoint import SNAPSHOT
 from cascade_dist.runtime.worker import FAULT_MARKER
 from object_store import SECRET
 from ray_cluster import CLUSTER, RAY, REPO, Cluster, group_pids, http, non_loopback_ips, port_open, run_cmd
@@ -95,6 +96,13 @@ def two_nodes(tmp_path_factory, s3_server, small_fashion_mnist_shards):
         on_node = {m["rank"]: m for m in paused if m["pid"] in group_pids(cluster.node_pid)}
         on_head = {m["rank"]: m for m in paused if m["pid"] in group_pids(cluster.head_pid)}
         assert len(on_node) == len(on_head) == 1, paused  # SPREAD: one worker per node
+        def registered():  # Ray Train's controller has taken the step-3 checkpoint as the run's latest
+            snapshot = storage.join(run_dir, SNAPSHOT)
+            latest = json.loads(storage.read_text(snapshot)).get("latest_checkpoint_result") \
+                if storage.is_file(snapshot) else None
+            return latest if latest and latest["metrics"] == {"epoch": 1, "epoch_step": 3} else None
+
+        _wait_for("step-3 checkpoint registered", registered, cluster, submission_id, 60)
         cluster.timings["paused_s"] = time.monotonic() - t0
         (victim,) = on_node.values()
         killed_at = time.time()
