@@ -32,8 +32,9 @@ from .elastic import accumulation_steps
 
 CONFIG_PACKAGE = "cascade_dist.configs"
 PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
-FAIL_MODES = ("exit", "pause")
 """Ray placement-group strategies for the Train workers (SPREAD: one per node where it can)."""
+FAIL_MODES = ("exit", "pause")
+"""`run.fail_mode`s of the test fault injection (`runtime.worker._maybe_inject_fault`)."""
 TRACKING_SCHEMES = ("http", "https", "file", "sqlite", "postgresql", "mysql", "mssql", "databricks")
 DEFAULT_CONFIG = "demo"
 
